@@ -1,0 +1,1 @@
+"""Model definitions: YOLOv5 blocks and the ShuffleNetV2 patch (`common`), the detector (`yolo`)."""

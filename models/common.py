@@ -1,0 +1,261 @@
+"""Network building blocks: YOLOv5's layers and the seed's two ShuffleNetV2 modules.
+
+Class names, their module path (`models.common.X`) and attribute names (`conv`, `bn`, `act`, `cv1`, `m`,
+`branch1`, ...) are a checkpoint format: YOLOv5 pickles whole modules, so renaming any of them breaks loading.
+Each block declares how `parse_model` computes its channels through `channel_rule` (see models/yolo.py).
+"""
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from utils.torch_utils import fuse_conv_and_bn
+
+
+def autopad(k: Union[int, Sequence[int]], p: Optional[Union[int, Sequence[int]]] = None, d: int = 1):
+    """Padding that keeps the spatial size at stride 1 ('same' padding) for kernel k and dilation d."""
+    if d > 1:
+        k = d * (k - 1) + 1 if isinstance(k, int) else [d * (x - 1) + 1 for x in k]
+    if p is None:
+        p = k // 2 if isinstance(k, int) else [x // 2 for x in k]
+    return p
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave channels across `groups`: (b, g·n, h, w) -> view (b, g, n, h, w) -> swap g, n -> (b, n·g, h, w).
+
+    Sizes are read from `x.shape` so that traced/ONNX graphs keep a dynamic batch and spatial size.
+    """
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> activation (SiLU by default). After fuse(): conv (with bias) -> act."""
+
+    default_act = nn.SiLU()  # a yaml's `activation:` key replaces this class-wide, as in YOLOv5
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, d=1, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        if act is True:
+            act = self.default_act
+        elif not isinstance(act, nn.Module):  # False / None: linear
+            act = nn.Identity()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x):
+        return self.act(self.conv(x))
+
+    def fuse(self) -> None:
+        """Fold bn into conv; state_dict keys become conv.weight/conv.bias, as in YOLOv5."""
+        if hasattr(self, "bn"):
+            self.conv = fuse_conv_and_bn(self.conv, self.bn)
+            delattr(self, "bn")
+            self.forward = self.forward_fuse
+
+
+class DWConv(Conv):
+    """Depth-wise Conv: groups = gcd(c1, c2)."""
+
+    def __init__(self, c1, c2, k=1, s=1, d=1, act=True):
+        super().__init__(c1, c2, k, s, g=math.gcd(c1, c2), d=d, act=act)
+
+
+class Bottleneck(nn.Module):
+    """1x1 Conv (c2·e) -> 3x3 Conv, with a residual add when `shortcut` and c1 == c2."""
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C3(nn.Module):
+    """CSP bottleneck with 3 convs: cv3(cat(m(cv1(x)), cv2(x))), m = n Bottlenecks."""
+
+    channel_rule = "csp"  # parse_model passes the repeat count n as the third argument
+
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class SPP(nn.Module):
+    """Spatial pyramid pooling: parallel max-pools of kernels k, concatenated with the input."""
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, k=(5, 9, 13)):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        return self.cv2(torch.cat([x] + [m(x) for m in self.m], 1))
+
+
+class SPPF(nn.Module):
+    """Fast SPP: one k×k max-pool applied three times in series; same output as SPP(k=(5, 9, 13)) for k=5."""
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, k=5):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+class Focus(nn.Module):
+    """Space-to-depth (every second pixel into channels, 4·c1) followed by a Conv."""
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
+        super().__init__()
+        self.conv = Conv(c1 * 4, c2, k, s, p, g, act=act)
+
+    def forward(self, x):
+        return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
+
+
+class Concat(nn.Module):
+    """Concatenate a list of tensors along `dimension`."""
+
+    channel_rule = "concat"
+
+    def __init__(self, dimension=1):
+        super().__init__()
+        self.d = dimension
+
+    def forward(self, x):
+        return torch.cat(x, self.d)
+
+
+class Conv_maxpool(nn.Module):
+    """ShuffleNetV2 stem: 3x3 s2 conv (no bias) -> BN -> ReLU -> 3x3 s2 max-pool; output at stride 4.
+
+    The name and the attributes `conv` (Sequential: conv, bn, relu) and `maxpool` are the seed's checkpoint format.
+    """
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(inplace=True),
+        )
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.maxpool(self.conv(x))
+
+    def fuse(self) -> None:
+        """Fold the BN into the conv; the Sequential keeps its indices (0 conv, 1 identity, 2 relu)."""
+        _fuse_sequential(self.conv)
+
+
+class ShuffleNetV2_InvertedResidual(nn.Module):
+    """ShuffleNetV2 unit (the seed's module; name, `stride`, `branch1`, `branch2` are its checkpoint format).
+
+    stride 2: out = shuffle(cat(branch1(x), branch2(x))), both branches halve the resolution.
+    stride 1: x is split in halves x1, x2; out = shuffle(cat(x1, branch2(x2))), which needs inp == oup (even).
+    The two depth-wise convs keep nn.Conv2d's default bias, as the seed writes them (torchvision's have none).
+    """
+
+    channel_rule = "conv"
+
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"ShuffleNetV2_InvertedResidual: stride must be 1 or 2, got {stride}")
+        branch_features = oup // 2
+        if stride == 1 and inp != 2 * branch_features:
+            raise ValueError(
+                f"ShuffleNetV2_InvertedResidual(inp={inp}, oup={oup}, stride=1): a stride-1 unit splits its input "
+                f"into two equal halves and keeps the channel count, so it needs inp == oup and an even number "
+                f"of channels; give this row the previous layer's output channels, or use stride 2")
+        self.stride = stride
+        if stride == 2:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(inp, inp, kernel_size=3, stride=2, padding=1, groups=inp),
+                nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, branch_features, kernel_size=1, stride=1, padding=0, bias=False),
+                nn.BatchNorm2d(branch_features),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.branch1 = nn.Sequential()
+        c_in = inp if stride == 2 else branch_features
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(c_in, branch_features, kernel_size=1, stride=1, padding=0, bias=False),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(branch_features, branch_features, kernel_size=3, stride=stride, padding=1,
+                      groups=branch_features),
+            nn.BatchNorm2d(branch_features),
+            nn.Conv2d(branch_features, branch_features, kernel_size=1, stride=1, padding=0, bias=False),
+            nn.BatchNorm2d(branch_features),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.channel_shuffle(out, 2)
+
+    @staticmethod
+    def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+        """The seed calls the shuffle as a method; it is the module-level channel_shuffle."""
+        return channel_shuffle(x, groups)
+
+    def fuse(self) -> None:
+        """Fold every BN into the conv before it; Sequential indices (and so state_dict keys) stay put."""
+        _fuse_sequential(self.branch1)
+        _fuse_sequential(self.branch2)
+
+
+def _fuse_sequential(seq: nn.Sequential) -> None:
+    """In a Sequential, fold each BatchNorm2d into the Conv2d just before it and leave an Identity in its slot."""
+    for i in range(1, len(seq)):
+        if isinstance(seq[i], nn.BatchNorm2d) and isinstance(seq[i - 1], nn.Conv2d):
+            seq[i - 1] = fuse_conv_and_bn(seq[i - 1], seq[i])
+            seq[i] = nn.Identity()

@@ -1,0 +1,217 @@
+"""Model core: configs build with the published sizes, ShuffleNetV2 blocks behave, fuse/trace/export work."""
+
+from copy import deepcopy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models.common import ShuffleNetV2_InvertedResidual, channel_shuffle
+from models.yolo import Detect, DetectionModel, parse_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "models").glob("*.yaml"))
+
+# SPEC A.4: parameter counts at nc=80, measured on YOLOv5 v7.0 (with the seed's patch for *_shuffle).
+SPEC_PARAMS = {
+    "yolov5n.yaml": 1_872_157, "yolov5s.yaml": 7_235_389, "yolov5m.yaml": 21_190_557,
+    "yolov5l.yaml": 46_563_709, "yolov5x.yaml": 86_749_405,
+    "yolov5n_shuffle.yaml": 917_157, "yolov5s_shuffle.yaml": 3_395_541, "yolov5m_shuffle.yaml": 9_880_397,
+    "yolov5l_shuffle.yaml": 21_644_789, "yolov5x_shuffle.yaml": 40_388_253, "yolov5_shuffle.yaml": 21_644_789,
+}
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("cfg", sorted(SPEC_PARAMS))
+def test_parameter_counts_match_spec(cfg):
+    d = yaml.safe_load((ROOT / "models" / cfg).read_text())
+    with torch.device("meta"):  # structure only: no memory, no init cost
+        layers, save = parse_model(d, ch=[3])
+    assert n_params(layers) == SPEC_PARAMS[cfg]
+    assert save == ([2, 4, 8, 12, 15, 18, 21] if "shuffle" in cfg else [4, 6, 10, 14, 17, 20, 23])
+
+
+def test_model_summary_numbers():
+    model = DetectionModel("yolov5n_shuffle.yaml")
+    layers, params, grads, gflops = model.info()
+    assert params == grads == SPEC_PARAMS["yolov5n_shuffle.yaml"]
+    assert gflops == pytest.approx(1.88, abs=0.01)  # SPEC A.4, thop at 640
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_every_config_builds_with_strides_and_head_shapes(cfg):
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=3)
+    assert model.stride.tolist() == [8, 16, 32]
+    detect = model.model[-1]
+    assert isinstance(detect, Detect) and detect.no == 8
+    x = torch.rand(2, 3, 64, 96)
+    train_out = model.train()(x)
+    assert [tuple(t.shape) for t in train_out] == [(2, 3, 8, 12, 8), (2, 3, 4, 6, 8), (2, 3, 2, 3, 8)]
+    pred, levels = model.eval()(x)
+    assert pred.shape == (2, 3 * (96 + 24 + 6), 8)
+    assert len(levels) == 3
+
+
+@pytest.mark.parametrize("cfg, widths", [
+    ("yolov5_shuffle.yaml", [24, 120, 120, 232, 232, 464, 464]),
+    ("yolov5n_shuffle.yaml", [8, 32, 32, 64, 64, 120, 120]),
+    ("yolov5s_shuffle.yaml", [16, 64, 64, 120, 120, 232, 232]),
+])
+def test_shuffle_backbone_stage_shapes(cfg, widths):
+    model = DetectionModel(cfg).eval()
+    x = torch.rand(1, 3, 64, 64)
+    strides = [4, 8, 8, 16, 16, 32, 32]
+    with torch.no_grad():
+        for i in range(7):
+            x = model.model[i](x)
+            assert tuple(x.shape) == (1, widths[i], 64 // strides[i], 64 // strides[i]), f"layer {i}"
+
+
+def test_shuffle_depth_scaling_repeats():
+    model = DetectionModel("yolov5n_shuffle.yaml")  # 3 -> round(0.99) = 1, 7 -> round(2.31) = 2
+    assert isinstance(model.model[2], ShuffleNetV2_InvertedResidual)
+    assert isinstance(model.model[6], ShuffleNetV2_InvertedResidual)
+    assert len(model.model[4]) == 2
+    keys = model.state_dict().keys()
+    assert "model.4.1.branch2.3.bias" in keys and "model.1.branch1.0.bias" in keys
+
+
+def test_channel_shuffle_is_the_reshape_transpose_permutation():
+    x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).view(2, 8, 3, 3)
+    y = channel_shuffle(x, 2)
+    # groups of 4: channel order becomes 0,4,1,5,2,6,3,7
+    assert torch.equal(y, x[:, [0, 4, 1, 5, 2, 6, 3, 7]])
+    assert torch.equal(y, x.reshape(2, 2, 4, 3, 3).transpose(1, 2).reshape(2, 8, 3, 3))
+    # the inverse of a 2-group shuffle of c channels is a (c/2)-group shuffle
+    assert torch.equal(channel_shuffle(y, 4), x)
+    assert not torch.equal(y, x)
+
+
+def test_stride1_block_passes_first_half_through():
+    torch.manual_seed(0)
+    block = ShuffleNetV2_InvertedResidual(16, 16, 1).eval()
+    captured = {}
+
+    def spy(out, groups):
+        captured["pre"] = out
+        return out
+
+    block.channel_shuffle = spy
+    x = torch.randn(1, 16, 8, 8)
+    block(x)
+    assert torch.equal(captured["pre"][:, :8], x[:, :8])
+    assert not torch.allclose(captured["pre"][:, 8:], x[:, 8:])
+
+
+def test_shuffle_block_structure_and_keys():
+    b = ShuffleNetV2_InvertedResidual(24, 120, 2)
+    keys = set(b.state_dict())
+    for k in ("branch1.0.weight", "branch1.0.bias", "branch1.2.weight", "branch1.3.running_var",
+              "branch2.0.weight", "branch2.3.bias", "branch2.5.weight", "branch2.6.weight"):
+        assert k in keys
+    assert "branch1.2.bias" not in keys and "branch2.0.bias" not in keys
+    assert len(ShuffleNetV2_InvertedResidual(120, 120, 1).branch1) == 0
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
+def test_fused_matches_unfused(cfg):
+    torch.manual_seed(0)
+    model = DetectionModel(cfg)
+    # give BN layers non-trivial statistics so fusing has something to fold
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 64, 64))
+    model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        fused = deepcopy(model).fuse()
+        out = fused(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_torchscript_trace_and_onnx_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n_shuffle.yaml", nc=3).eval()
+    model.model[-1].export = True
+    x = torch.rand(1, 3, 64, 64)
+    model(x)  # dry run: builds the Detect grids, so the traced graph is the steady-state one
+    traced = torch.jit.trace(model, x, strict=False)
+    torch.testing.assert_close(traced(x)[0], model(x)[0])
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    f = tmp_path / "m.onnx"
+    torch.onnx.export(model, x, str(f), opset_version=12, input_names=["images"], output_names=["output0"],
+                      dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}}, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(f)))
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    for bs in (1, 2):
+        xb = torch.rand(bs, 3, 64, 64)
+        (out,) = sess.run(None, {"images": xb.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), model(xb)[0], rtol=1e-3, atol=1e-3)
+
+
+# ---- bad model yaml files: each error names the file, the layer and what is accepted ----
+
+def _shuffle_cfg(tmp_path, edit):
+    cfg = yaml.safe_load((ROOT / "models" / "yolov5n_shuffle.yaml").read_text())
+    edit(cfg)
+    f = tmp_path / "custom.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return f
+
+
+def test_unknown_module_lists_known_ones(tmp_path):
+    f = _shuffle_cfg(tmp_path, lambda c: c["backbone"][7].__setitem__(2, "C3x2"))
+    with pytest.raises(ValueError, match=r"custom.yaml, layer 7: unknown module 'C3x2'. Known: .*Conv.*SPPF"):
+        DetectionModel(f)
+
+
+def test_stride1_shuffle_row_with_changed_channels(tmp_path):
+    f = _shuffle_cfg(tmp_path, lambda c: c["backbone"][2].__setitem__(3, [200, 1]))
+    with pytest.raises(ValueError, match=r"custom.yaml, layer 2 .*inp=32, oup=56, stride=1"):
+        DetectionModel(f)
+
+
+def test_stride1_shuffle_block_with_odd_channels():
+    with pytest.raises(ValueError, match=r"inp=15, oup=15, stride=1.*even"):
+        ShuffleNetV2_InvertedResidual(15, 15, 1)
+
+
+@pytest.mark.parametrize("bad_from", [5, 30, [-1, 9]])
+def test_from_index_forward_or_out_of_range(tmp_path, bad_from):
+    f = _shuffle_cfg(tmp_path, lambda c: c["backbone"][3].__setitem__(0, bad_from))
+    with pytest.raises(ValueError, match=r"custom.yaml, layer 3: `from` .* points forward or out of range"):
+        DetectionModel(f)
+
+
+def test_missing_top_level_keys(tmp_path):
+    f = _shuffle_cfg(tmp_path, lambda c: (c.pop("head"), c.pop("anchors")))
+    with pytest.raises(ValueError, match=r"custom.yaml: missing top-level key\(s\) anchors, head"):
+        DetectionModel(f)
+
+
+def test_yaml_that_does_not_parse(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("nc: 80\nbackbone: [[-1, 1, Conv, [64, 3]]\n  head: [\n")
+    with pytest.raises(ValueError, match=r"broken.yaml: not valid YAML"):
+        DetectionModel(f)
+
+
+def test_unknown_cfg_name():
+    with pytest.raises(FileNotFoundError, match="no_such_model.yaml"):
+        DetectionModel("no_such_model.yaml")
+
+
+def test_activation_key_is_local_to_the_model(tmp_path):
+    f = _shuffle_cfg(tmp_path, lambda c: c.__setitem__("activation", "nn.LeakyReLU(0.1)"))
+    model = DetectionModel(f)
+    assert isinstance(model.model[7].cv1.act, torch.nn.LeakyReLU)
+    assert isinstance(DetectionModel("yolov5n.yaml").model[0].act, torch.nn.SiLU)

@@ -1,0 +1,124 @@
+"""non_max_suppression (utils/nms.py): thresholds, class handling, limits, input forms."""
+
+import logging
+
+import pytest
+import torch
+
+import utils.nms as nms_module
+from utils.nms import non_max_suppression
+
+
+def rows(*boxes, nc=3):
+    """Prediction (1, n, 5 + nc) from tuples (x, y, w, h, obj, cls, cls_score)."""
+    out = torch.zeros(1, len(boxes), 5 + nc)
+    for i, (x, y, w, h, obj, c, s) in enumerate(boxes):
+        out[0, i, :5] = torch.tensor([x, y, w, h, obj])
+        out[0, i, 5 + c] = s
+    return out
+
+
+def test_zero_boxes():
+    out = non_max_suppression(torch.zeros(2, 0, 8))
+    assert len(out) == 2 and all(o.shape == (0, 6) for o in out)
+
+
+def test_all_below_threshold():
+    pred = rows((10, 10, 4, 4, 0.2, 0, 1.0), (20, 20, 4, 4, 0.9, 1, 0.1))  # obj too low / obj*cls = 0.09 too low
+    assert non_max_suppression(pred, conf_thres=0.25)[0].shape == (0, 6)
+
+
+def test_output_format_and_conf_is_obj_times_cls():
+    pred = rows((10, 20, 4, 6, 0.8, 2, 0.5))
+    out = non_max_suppression(pred, conf_thres=0.25)[0]
+    torch.testing.assert_close(out, torch.tensor([[8.0, 17.0, 12.0, 23.0, 0.4, 2.0]]))
+
+
+def test_obj_gate_applies_before_conf():
+    # obj 0.3 passes conf_thres 0.25 but obj*cls = 0.3 * 0.9 = 0.27 also passes; obj 0.2 is dropped even with cls 1
+    pred = rows((10, 10, 4, 4, 0.3, 0, 0.9), (40, 40, 4, 4, 0.2, 0, 1.0))
+    out = non_max_suppression(pred, conf_thres=0.25)[0]
+    assert out.shape[0] == 1 and out[0, 4].item() == pytest.approx(0.27)
+
+
+def test_overlapping_boxes_of_different_classes_survive_unless_agnostic():
+    pred = rows((10, 10, 8, 8, 0.9, 0, 0.9), (10.5, 10, 8, 8, 0.9, 1, 0.8))
+    assert non_max_suppression(pred)[0].shape[0] == 2
+    out = non_max_suppression(pred, agnostic=True)[0]
+    assert out.shape[0] == 1 and out[0, 5].item() == 0
+
+
+def test_same_class_overlap_suppressed_and_sorted():
+    pred = rows((10, 10, 8, 8, 0.9, 0, 0.6), (10.5, 10, 8, 8, 0.9, 0, 0.9), (40, 40, 8, 8, 0.9, 0, 0.7))
+    out = non_max_suppression(pred)[0]
+    assert out[:, 4].tolist() == pytest.approx([0.81, 0.63])
+
+
+def test_max_det_truncation():
+    pred = rows(*[(10 + 20 * i, 10, 8, 8, 0.9, 0, 0.5 + 0.01 * i) for i in range(10)])
+    out = non_max_suppression(pred, max_det=3)[0]
+    assert out.shape[0] == 3
+    assert out[0, 4].item() == pytest.approx(0.9 * 0.59)  # the most confident are kept
+
+
+def test_multi_label():
+    pred = rows((10, 10, 8, 8, 1.0, 0, 0.9))
+    pred[0, 0, 6] = 0.6  # class 1 also above threshold
+    assert non_max_suppression(pred)[0].shape[0] == 1
+    out = non_max_suppression(pred, multi_label=True)[0]
+    assert sorted(out[:, 5].tolist()) == [0.0, 1.0]
+
+
+def test_multi_label_ignored_for_single_class():
+    pred = rows((10, 10, 8, 8, 1.0, 0, 0.9), nc=1)
+    assert non_max_suppression(pred, multi_label=True)[0].shape[0] == 1
+
+
+def test_classes_filter():
+    pred = rows((10, 10, 8, 8, 0.9, 0, 0.9), (40, 40, 8, 8, 0.9, 2, 0.9))
+    out = non_max_suppression(pred, classes=[2])[0]
+    assert out[:, 5].tolist() == [2.0]
+
+
+def test_eval_tuple_input_and_batch():
+    pred = torch.cat((rows((10, 10, 8, 8, 0.9, 0, 0.9)), rows((30, 30, 8, 8, 0.9, 1, 0.9))), 0)
+    out = non_max_suppression((pred, [torch.zeros(1)]))
+    assert [o[:, 5].tolist() for o in out] == [[0.0], [1.0]]
+
+
+def test_apriori_labels_are_added():
+    pred = torch.zeros(1, 0, 8)
+    labels = [torch.tensor([[1.0, 20.0, 20.0, 10.0, 10.0]])]  # cls, xywh pixels
+    out = non_max_suppression(pred, labels=labels)[0]
+    torch.testing.assert_close(out, torch.tensor([[15.0, 15.0, 25.0, 25.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(dtype):
+    pred = rows((10, 10, 8, 8, 0.9, 0, 0.9), (10.5, 10, 8, 8, 0.9, 0, 0.8)).to(dtype)
+    out = non_max_suppression(pred)[0]
+    assert out.shape == (1, 6) and out.dtype == dtype
+
+
+@pytest.mark.gpu
+def test_cuda():
+    pred = rows((10, 10, 8, 8, 0.9, 0, 0.9), (10.5, 10, 8, 8, 0.9, 1, 0.8)).cuda().half()
+    out = non_max_suppression(pred)[0]
+    assert out.is_cuda and out.shape == (2, 6)
+
+
+def test_time_limit_warns_and_returns(monkeypatch, caplog):
+    clock = iter(range(0, 1000, 10))  # every call to time.time() advances 10 s
+    monkeypatch.setattr(nms_module.time, "time", lambda: float(next(clock)))
+    pred = torch.cat([rows((10, 10, 8, 8, 0.9, 0, 0.9))] * 3, 0)
+    monkeypatch.setattr(logging.getLogger("yolov5"), "propagate", True)  # let caplog see it
+    with caplog.at_level(logging.WARNING, logger="yolov5"):
+        out = non_max_suppression(pred)
+    assert "time limit" in caplog.text
+    assert [o.shape[0] for o in out] == [1, 0, 0]
+
+
+@pytest.mark.parametrize("kwargs", [{"conf_thres": 1.5}, {"iou_thres": -0.1}])
+def test_bad_thresholds_raise(kwargs):
+    with pytest.raises(ValueError, match="thres"):
+        non_max_suppression(torch.zeros(1, 0, 8), **kwargs)

@@ -1,0 +1,158 @@
+"""Scanning a split's labels in parallel and the `.cache` file that saves the result (YOLOv5 v7.0 layout).
+
+The cache is an np.save'd dict: {image path: [labels (n, 5) float32, (w, h), segments], 'hash', 'results' =
+(found, missing, empty, corrupt, total), 'msgs', 'version' = 0.6}, written atomically without the .npy suffix.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections import Counter
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.files import atomic_write
+from utils.label_check import LabelCheck, verify_image_label
+from utils.logger import LOGGER
+
+CACHE_VERSION = 0.6
+POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
+LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
+
+
+def dataset_hash(paths: Sequence[str]) -> str:
+    """Fingerprint of a file list: total size and modification times of the files that exist, plus the paths.
+
+    (YOLOv5 hashes sizes only, so an edit that keeps a label file's length went unnoticed.)
+    """
+    size = mtime = 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        size += st.st_size
+        mtime += st.st_mtime_ns
+    h = hashlib.sha256(f"{size} {mtime}".encode())
+    h.update("".join(paths).encode())
+    return h.hexdigest()
+
+
+def load_cache(path: Path) -> Optional[dict]:
+    """The cache dict at `path`, or None when it is missing or unreadable."""
+    try:
+        return np.load(path, allow_pickle=True).item()
+    except Exception:  # missing, truncated or from an incompatible numpy: rescan
+        return None
+
+
+def save_cache(path: Path, cache: dict, prefix: str = "") -> None:
+    """Write the cache atomically; an unwritable location only warns."""
+    if not path.parent.is_dir():
+        LOGGER.warning(f"{prefix}WARNING ⚠️ no label cache written: folder {path.parent} does not exist")
+        return
+    try:
+        atomic_write(path, lambda f: np.save(f, cache, allow_pickle=True))
+        LOGGER.info(f"{prefix}New cache created: {path}")
+    except OSError as e:
+        LOGGER.warning(f"{prefix}WARNING ⚠️ Cache directory {path.parent} is not writeable: {e}")
+
+
+def _results(im_files: Sequence[str], label_files: Sequence[str], prefix: str, workers: int):
+    """Verdicts in file order, from a process pool for large splits."""
+    jobs = zip(im_files, label_files, [prefix] * len(im_files))
+    if workers > 1 and len(im_files) >= POOL_MIN_FILES:
+        with Pool(workers) as pool:
+            yield from pool.imap(verify_image_label, jobs, chunksize=64)
+    else:
+        yield from map(verify_image_label, jobs)
+
+
+def _orphan_labels(im_files: Sequence[str], label_files: Sequence[str], prefix: str) -> list:
+    """One warning per labels folder holding .txt files that no image maps to (YOLOv5 ignores them silently)."""
+    expected = set(label_files)
+    msgs = []
+    # only folders the images -> labels rule produced: labels beside their images share a folder with other files
+    folders = {os.path.dirname(lf) for im, lf in zip(im_files, label_files) if os.path.dirname(lf) != os.path.dirname(im)}
+    for d in sorted(folders):
+        if not os.path.isdir(d):
+            continue
+        orphans = sorted(set(glob.glob(os.path.join(d, "*.txt"))) - expected)
+        if orphans:
+            msgs.append(f"{prefix}WARNING ⚠️ {len(orphans)} label files in {d} have no matching image and are ignored, "
+                        f"e.g. {orphans[0]}")
+    return msgs
+
+
+def _summary(n: int, nm: int, ne: int, reasons: Counter, fixes: Counter, first_missing: str, prefix: str) -> str:
+    """One line counting what was skipped, fixed and used as background, and why."""
+    parts = []
+    if reasons:
+        why = ", ".join(f"{v} {k}" for k, v in reasons.most_common())
+        parts.append(f"{sum(reasons.values())} of {n} images skipped as corrupt ({why})")
+    if fixes:
+        parts.append("fixed: " + ", ".join(f"{v} {k}" for k, v in fixes.most_common()))
+    if nm or ne:
+        eg = f", e.g. {first_missing}" if first_missing else ""
+        parts.append(f"{nm + ne} backgrounds ({nm} without a label file{eg}; {ne} with an empty one)")
+    return f"{prefix}label check: " + "; ".join(parts) if parts else ""
+
+
+def scan_labels(im_files: Sequence[str], label_files: Sequence[str], cache_path: Path, prefix: str = "",
+                workers: int = 0) -> dict:
+    """Verify every image/label pair, log each problem and a summary, save and return the cache dict."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    x, msgs, reasons, fixes = {}, [], Counter(), Counter()
+    nm = nf = ne = nc = 0
+    first_missing = ""
+    desc = f"{prefix}Scanning {cache_path.parent / cache_path.stem}..."
+    bar = tqdm(_results(im_files, label_files, prefix, workers), desc=desc, total=len(im_files),
+               disable=LOCAL_RANK > 0, bar_format="{l_bar}{bar:10}{r_bar}", leave=True)
+    for i, r in enumerate(bar):
+        r: LabelCheck
+        nm, nf, ne, nc = nm + r.missing, nf + r.found, ne + r.empty, nc + r.corrupt
+        if r.im_file:
+            x[r.im_file] = [r.labels, r.shape, r.segments]
+        if r.missing and not first_missing:
+            first_missing = label_files[i]
+        reasons.update([r.reason] if r.reason else [])
+        fixes.update(r.fixes)
+        msgs += r.msgs
+        bar.set_description_str(f"{desc} {nf} images, {nm + ne} backgrounds, {nc} corrupt", refresh=False)
+    bar.close()
+    msgs += _orphan_labels(im_files, label_files, prefix)
+    summary = _summary(len(im_files), nm, ne, reasons, fixes, first_missing, prefix)
+    msgs += [summary] if summary else []
+    if msgs:
+        LOGGER.warning("\n".join(msgs))
+    if nf == 0:
+        LOGGER.warning(f"{prefix}WARNING ⚠️ No labels found in {cache_path}")
+    x["hash"] = dataset_hash(list(label_files) + list(im_files))  # after the scan: restored JPEGs changed size
+    x["results"] = nf, nm, ne, nc, len(im_files)
+    x["msgs"] = msgs
+    x["version"] = CACHE_VERSION
+    save_cache(cache_path, x, prefix)
+    return x
+
+
+def load_or_scan(im_files: Sequence[str], label_files: Sequence[str], cache_path: Path, prefix: str = "") -> dict:
+    """The split's cache: reused when its version and hash match the files on disk, else rebuilt by a scan.
+
+    A reused cache re-logs its scan line and its warnings, so problems stay visible on every run.
+    """
+    cache = load_cache(cache_path)
+    if (cache is None or cache.get("version") != CACHE_VERSION
+            or cache.get("hash") != dataset_hash(list(label_files) + list(im_files))):
+        return scan_labels(im_files, label_files, cache_path, prefix)
+    if LOCAL_RANK in (-1, 0):
+        nf, nm, ne, nc, n = cache["results"]
+        LOGGER.info(f"{prefix}Scanning {cache_path}... {nf} images, {nm + ne} backgrounds, {nc} corrupt (cached)")
+        if cache["msgs"]:
+            LOGGER.warning("\n".join(cache["msgs"]))
+    return cache

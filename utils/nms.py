@@ -1,0 +1,96 @@
+"""Non-maximum suppression of decoded detector output, matching YOLOv5 v7.0 (conf = obj * cls, class offsets)."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+import torch
+import torchvision
+
+from utils.boxes import xywh2xyxy
+from utils.logger import LOGGER
+
+MAX_WH = 7680  # per-class box offset in pixels: boxes of different classes can never overlap
+MAX_NMS = 30000  # most candidates handed to torchvision.ops.nms per image
+
+
+def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres={conf_thres} is invalid: use a value in [0, 1]")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres={iou_thres} is invalid: use a value in [0, 1]")
+
+
+def _append_apriori(x: torch.Tensor, lb: torch.Tensor, nc: int, nm: int) -> torch.Tensor:
+    """Append labels lb (n, 5) [cls, x, y, w, h] pixels as obj=1, cls=1 candidates (val --save-hybrid)."""
+    v = torch.zeros((len(lb), nc + nm + 5), device=x.device, dtype=x.dtype)
+    v[:, :4] = lb[:, 1:5]
+    v[:, 4] = 1.0
+    v[torch.arange(len(lb), device=x.device), lb[:, 0].long() + 5] = 1.0
+    return torch.cat((x, v), 0)
+
+
+def _candidates(x: torch.Tensor, nc: int, conf_thres: float, multi_label: bool) -> torch.Tensor:
+    """Turn rows (n, 5+nc+nm) [xywh, obj, cls..., masks...] into (k, 6+nm) [xyxy, conf, cls, masks...]."""
+    mi = 5 + nc  # first mask column
+    x[:, 5:] *= x[:, 4:5]  # conf = obj * cls (mask coefficients are scaled too, as upstream does)
+    box = xywh2xyxy(x[:, :4])
+    mask = x[:, mi:]
+    if multi_label:  # one row per (box, class) pair above threshold
+        i, j = (x[:, 5:mi] > conf_thres).nonzero(as_tuple=False).T
+        return torch.cat((box[i], x[i, 5 + j, None], j[:, None].to(x.dtype), mask[i]), 1)
+    conf, j = x[:, 5:mi].max(1, keepdim=True)
+    return torch.cat((box, conf, j.to(x.dtype), mask), 1)[conf.view(-1) > conf_thres]
+
+
+def _nms_indices(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """torchvision NMS, upcasting dtypes its kernels lack (half on CPU, bfloat16 anywhere)."""
+    native = boxes.dtype in (torch.float32, torch.float64) or (boxes.dtype == torch.float16 and boxes.is_cuda)
+    if not native:
+        boxes, scores = boxes.float(), scores.float()
+    return torchvision.ops.nms(boxes, scores, iou_thres)
+
+
+def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: Optional[Sequence[int]] = None, agnostic: bool = False,
+                        multi_label: bool = False, labels=(), max_det: int = 300, nm: int = 0) -> list:
+    """Suppress overlapping detections per image.
+
+    prediction: (bs, n, 5 + nc + nm) rows [x, y, w, h (pixels), obj, cls_0..cls_nc-1, mask coefs], or the
+    (pred, feature_list) tuple of an eval forward. labels: optional per-image (k, 5) [cls, x, y, w, h] pixels
+    added as certain candidates. Returns a list of bs tensors (n_i, 6 + nm) [x1, y1, x2, y2, conf, cls, masks].
+    """
+    _check_thresholds(conf_thres, iou_thres)
+    if isinstance(prediction, (list, tuple)):  # eval forward returns (pred, per-level outputs)
+        prediction = prediction[0]
+    device = prediction.device
+    if device.type == "mps":  # torchvision NMS is incomplete on MPS
+        prediction = prediction.cpu()
+    bs = prediction.shape[0]
+    nc = prediction.shape[2] - nm - 5
+    multi_label &= nc > 1
+    xc = prediction[..., 4] > conf_thres  # objectness gate, applied before conf = obj * cls
+    time_limit = 0.5 + 0.05 * bs
+    t = time.time()
+    output = [torch.zeros((0, 6 + nm), device=device, dtype=prediction.dtype)] * bs
+    for xi, x in enumerate(prediction):
+        x = x[xc[xi]]
+        if labels is not None and len(labels) and len(labels[xi]):
+            x = _append_apriori(x, labels[xi].to(x.device), nc, nm)
+        if not x.shape[0]:
+            continue
+        x = _candidates(x, nc, conf_thres, multi_label)
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)]
+        if not x.shape[0]:
+            continue
+        x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
+        offset = x[:, 5:6] * (0 if agnostic else MAX_WH)
+        keep = _nms_indices(x[:, :4] + offset, x[:, 4], iou_thres)[:max_det]
+        output[xi] = x[keep].to(device)
+        if (time.time() - t) > time_limit:
+            LOGGER.warning(f"WARNING: NMS time limit {time_limit:.3f}s exceeded; "
+                           f"{bs - xi - 1} remaining image(s) of this batch get no detections")
+            break
+    return output

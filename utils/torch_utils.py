@@ -1,0 +1,183 @@
+"""PyTorch helpers: device selection, seeding, distributed barriers, BN folding, weight init, model summaries."""
+
+import contextlib
+import math
+import os
+import random
+import time
+from copy import deepcopy
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.logger import LOGGER
+
+LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
+RANK = int(os.getenv("RANK", -1))
+WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
+
+
+def select_device(device: str = "", batch_size: int = 0) -> torch.device:
+    """Parse '' / 'cpu' / 'mps' / '0' / '0,1' into a torch.device, with a clear error for unavailable GPUs."""
+    spec = str(device).strip().lower().replace("cuda:", "").replace("none", "")
+    if spec in ("cpu", "mps"):
+        if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("--device mps: Apple MPS is not available on this machine; use --device cpu")
+        LOGGER.info(f"Using device: {spec.upper()} (torch {torch.__version__})")
+        return torch.device(spec)
+    if spec:
+        ids = [x for x in spec.replace(" ", "").split(",") if x]
+        if not all(x.isdigit() for x in ids):
+            raise ValueError(f"--device {device!r}: expected 'cpu', 'mps', or CUDA indices such as '0' or '0,1'")
+        available = torch.cuda.device_count()
+        bad = [x for x in ids if int(x) >= available]
+        if bad:
+            raise ValueError(f"--device {device!r}: CUDA device {','.join(bad)} not found; this machine has "
+                             f"{available} CUDA device(s)" + ("; use --device cpu" if not available else ""))
+        if batch_size > 0 and len(ids) > 1 and batch_size % len(ids):
+            raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices in --device")
+        LOGGER.info(f"Using device: CUDA:{','.join(ids)} ({torch.cuda.get_device_name(int(ids[0]))})")
+        return torch.device(f"cuda:{ids[0]}")
+    if torch.cuda.is_available():
+        LOGGER.info(f"Using device: CUDA:0 ({torch.cuda.get_device_name(0)})")
+        return torch.device("cuda:0")
+    LOGGER.info(f"Using device: CPU (torch {torch.__version__})")
+    return torch.device("cpu")
+
+
+def time_sync() -> float:
+    """time.time() after waiting for queued CUDA work, so GPU timings are real."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.time()
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+@contextlib.contextmanager
+def torch_distributed_zero_first(local_rank: int):
+    """Let local rank 0 run the block first (e.g. caching a dataset) while the other ranks wait."""
+    if local_rank not in (-1, 0):
+        torch.distributed.barrier()
+    yield
+    if local_rank == 0:
+        torch.distributed.barrier()
+
+
+def smart_inference_mode():
+    """torch.inference_mode as a decorator (no_grad for old torch)."""
+    return torch.inference_mode() if hasattr(torch, "inference_mode") else torch.no_grad()
+
+
+def is_parallel(model: nn.Module) -> bool:
+    """True for DataParallel / DistributedDataParallel wrappers."""
+    return isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel))
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The wrapped module of a DP/DDP model, else the model itself."""
+    return model.module if is_parallel(model) else model
+
+
+def copy_attr(a, b, include=(), exclude=()) -> None:
+    """Copy b's public attributes onto a (only `include` if given, never `exclude`)."""
+    for k, v in b.__dict__.items():
+        if (include and k not in include) or k.startswith("_") or k in exclude:
+            continue
+        setattr(a, k, v)
+
+
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new Conv2d (with bias) equal to bn(conv(x)) in eval mode: w' = w·γ/σ, b' = (b − μ)·γ/σ + β."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode).requires_grad_(False).to(conv.weight.device)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # γ/σ per output channel
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def initialize_weights(model: nn.Module) -> None:
+    """YOLOv5's init: keep PyTorch's conv init, BN eps 1e-3 / momentum 0.03, activations in place."""
+    for m in model.modules():
+        t = type(m)
+        if t is nn.BatchNorm2d:
+            m.eps = 1e-3
+            m.momentum = 0.03
+        elif t in (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU):
+            m.inplace = True
+
+
+def count_flops(model: nn.Module, imgsz=640) -> Optional[float]:
+    """GFLOPs of one forward at imgsz (int or (h, w)), measured by thop at stride size and scaled; None if absent."""
+    try:
+        import thop
+    except ImportError:
+        return None
+    p = next(model.parameters())
+    stride = max(int(model.stride.max()), 32) if hasattr(model, "stride") else 32
+    ch = model.yaml.get("ch", 3) if hasattr(model, "yaml") else 3
+    im = torch.empty((1, ch, stride, stride), device=p.device, dtype=p.dtype)
+    with _quiet_thop():
+        macs = thop.profile(deepcopy(model), inputs=(im,), verbose=False)[0]
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    return macs / 1e9 * 2 * (h / stride) * (w / stride)
+
+
+@contextlib.contextmanager
+def _quiet_thop():
+    """thop registers counting hooks that print nothing when verbose=False, but may warn; keep logs clean."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def model_info(model: nn.Module, verbose: bool = False, imgsz=640) -> tuple:
+    """Log 'N layers, P parameters, G gradients, F GFLOPs'; return (layers, params, grads, gflops)."""
+    n_p = sum(x.numel() for x in model.parameters())
+    n_g = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    if verbose:
+        LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} {'mu':>10} {'sigma':>10}")
+        for i, (name, p) in enumerate(model.named_parameters()):
+            LOGGER.info(f"{i:5g} {name:>40} {str(p.requires_grad):>9} {p.numel():12g} {str(list(p.shape)):>20} "
+                        f"{p.mean():10.3g} {p.std() if p.numel() > 1 else 0:10.3g}")
+    try:
+        gflops = count_flops(model, imgsz)
+    except Exception as e:  # FLOPs are informative only; never fail a run for them
+        LOGGER.debug(f"FLOPs count failed: {e}")
+        gflops = None
+    fs = f", {gflops:.1f} GFLOPs" if gflops is not None else ""
+    name = getattr(model, "yaml_file", "") or "Model"
+    layers = len(list(model.modules()))
+    LOGGER.info(f"{os.path.basename(str(name)).rsplit('.', 1)[0]} summary: {layers} layers, {n_p:,} parameters, "
+                f"{n_g:,} gradients{fs}")
+    return layers, n_p, n_g, gflops
+
+
+def scale_img(img: torch.Tensor, ratio: float = 1.0, same_shape: bool = False, gs: int = 32) -> torch.Tensor:
+    """Resize a (b, 3, h, w) batch by `ratio` and pad with 0.447 (114/255) to a gs-multiple (for TTA)."""
+    if ratio == 1.0:
+        return img
+    h, w = img.shape[2:]
+    s = (int(h * ratio), int(w * ratio))
+    img = F.interpolate(img, size=s, mode="bilinear", align_corners=False)
+    if not same_shape:
+        h, w = (math.ceil(x * ratio / gs) * gs for x in (h, w))
+    return F.pad(img, [0, w - s[1], 0, h - s[0]], value=0.447)
