@@ -35,6 +35,8 @@ def model_from_checkpoint(ckpt, source="checkpoint") -> nn.Module:
     model = model.float()
     if not hasattr(model, "stride"):
         model.stride = torch.tensor([32.0])
+    if not hasattr(model, "nc") and isinstance(model.model[-1], Detect):  # set by train.py; absent on fresh models
+        model.nc = model.model[-1].nc
     if isinstance(getattr(model, "names", None), (list, tuple)):
         model.names = dict(enumerate(model.names))
     return _upgrade(model)

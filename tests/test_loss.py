@@ -141,6 +141,15 @@ def test_hopeless_aspect_ratio_matches_nothing():
     assert items[0] == 0 and items[2] == 0 and items[1] > 0
 
 
+def test_autobalance_and_parallel_wrapper():
+    model = nn.DataParallel(TinyModel(3))  # hyp and Detect are found through the wrapper
+    loss = ComputeLoss(model, autobalance=True)
+    assert loss.ssi == 1
+    for _ in range(3):
+        assert (loss(predictions(3), ONE_TARGET)[1] > 0).all()
+    assert loss.balance[1] == 1.0 and loss.balance != [4.0, 1.0, 0.4]
+
+
 def test_missing_hyp_key_is_a_clear_error():
     model = TinyModel(3)
     del model.hyp["anchor_t"]

@@ -116,3 +116,13 @@ def test_confusion_matrix_no_detections_and_no_matches():
     cm.process_batch(None, torch.tensor([0.0, 1.0, 1.0]))
     cm.process_batch(torch.tensor([[0, 0, 5, 5, 0.9, 1.0]]), torch.tensor([[0, 50, 50, 60, 60.0]]))
     np.testing.assert_array_equal(cm.matrix, [[0, 0, 0], [0, 0, 1], [2, 2, 0]])
+
+
+def test_confusion_matrix_label_keeps_best_iou_detection():
+    # Unlike process_batch (most confident wins), the confusion matrix gives a label its highest-IoU detection
+    cm = ConfusionMatrix(nc=2)
+    labels = torch.tensor([[1, 0, 0, 10, 10.0]])
+    dets = torch.tensor([[0, 0, 10, 6.2, 0.9, 0],    # IoU 0.62, class 0, more confident
+                         [0, 0, 10, 9.2, 0.8, 1]])  # IoU 0.92, class 1
+    cm.process_batch(dets, labels)
+    np.testing.assert_array_equal(cm.matrix, [[0, 0, 1], [0, 1, 0], [0, 0, 0]])

@@ -4,7 +4,6 @@ import logging
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from utils.metrics import ConfusionMatrix, ap_per_class

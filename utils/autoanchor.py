@@ -96,7 +96,7 @@ def _load_dataset(data: Union[str, Path]):
     from utils.dataloaders import LoadImagesAndLabels  # data pipeline; imported only when a yaml is given
     from utils.datasets_yaml import check_dataset
     data_dict = check_dataset(str(data), autodownload=False)
-    return LoadImagesAndLabels(data_dict["train"], augment=True, rect=True)
+    return LoadImagesAndLabels(data_dict["train"], augment=False, rect=True)
 
 
 def _kmeans(wh: np.ndarray, n: int, img_size: int, rng: np.random.Generator) -> np.ndarray:

@@ -88,22 +88,26 @@ def cache_path_for(source: Path, label_files: Sequence[str]) -> Path:
 
 
 def _exif_orientation(im: Image.Image) -> int:
-    """EXIF orientation (1-8) of an opened PIL image, read without decoding pixels; 1 when absent or unreadable."""
+    """EXIF orientation (1-8) from an opened image's EXIF block, read without decoding pixels; 1 when absent.
+
+    TIFF orientation is a TIFF tag, not an EXIF block: Pillow already reports those images' size rotated.
+    """
     try:
         raw = im.info.get("exif")
         if raw:
             exif = Image.Exif()
             exif.load(raw)
             return int(exif.get(ORIENTATION, 1))
-        if im.format == "TIFF":
-            return int(im.getexif().get(ORIENTATION, 1))
     except Exception:  # broken EXIF blocks are common and harmless: the pixels are what matter
         pass
     return 1
 
 
 def exif_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of a PIL image as it looks after its EXIF orientation is applied (5-8 swap the sides)."""
+    """(width, height) of a PIL image as it looks after its EXIF orientation is applied (5-8 swap the sides).
+
+    YOLOv5 swaps only for 6 and 8; OpenCV also turns 5 and 7, and the loaded pixels are what count.
+    """
     w, h = im.size
     return (h, w) if _exif_orientation(im) in (5, 6, 7, 8) else (w, h)
 

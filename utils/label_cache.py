@@ -79,7 +79,8 @@ def _orphan_labels(im_files: Sequence[str], label_files: Sequence[str], prefix: 
     expected = set(label_files)
     msgs = []
     # only folders the images -> labels rule produced: labels beside their images share a folder with other files
-    folders = {os.path.dirname(lf) for im, lf in zip(im_files, label_files) if os.path.dirname(lf) != os.path.dirname(im)}
+    folders = {os.path.dirname(lf) for im, lf in zip(im_files, label_files)
+               if os.path.dirname(lf) != os.path.dirname(im)}
     for d in sorted(folders):
         if not os.path.isdir(d):
             continue
@@ -90,17 +91,16 @@ def _orphan_labels(im_files: Sequence[str], label_files: Sequence[str], prefix: 
     return msgs
 
 
-def _summary(n: int, nm: int, ne: int, reasons: Counter, fixes: Counter, first_missing: str, prefix: str) -> str:
-    """One line counting what was skipped, fixed and used as background, and why."""
+def _summary(n: int, nm: int, reasons: Counter, fixes: Counter, first_missing: str, prefix: str) -> str:
+    """One line counting what was skipped or fixed and why, and images without a label file ('' if none)."""
     parts = []
     if reasons:
         why = ", ".join(f"{v} {k}" for k, v in reasons.most_common())
         parts.append(f"{sum(reasons.values())} of {n} images skipped as corrupt ({why})")
     if fixes:
         parts.append("fixed: " + ", ".join(f"{v} {k}" for k, v in fixes.most_common()))
-    if nm or ne:
-        eg = f", e.g. {first_missing}" if first_missing else ""
-        parts.append(f"{nm + ne} backgrounds ({nm} without a label file{eg}; {ne} with an empty one)")
+    if nm:  # empty label files are deliberate backgrounds; missing ones may be a mistake
+        parts.append(f"{nm} images have no label file and are used as backgrounds (e.g. {first_missing} is missing)")
     return f"{prefix}label check: " + "; ".join(parts) if parts else ""
 
 
@@ -127,7 +127,7 @@ def scan_labels(im_files: Sequence[str], label_files: Sequence[str], cache_path:
         bar.set_description_str(f"{desc} {nf} images, {nm + ne} backgrounds, {nc} corrupt", refresh=False)
     bar.close()
     msgs += _orphan_labels(im_files, label_files, prefix)
-    summary = _summary(len(im_files), nm, ne, reasons, fixes, first_missing, prefix)
+    summary = _summary(len(im_files), nm, reasons, fixes, first_missing, prefix)
     msgs += [summary] if summary else []
     if msgs:
         LOGGER.warning("\n".join(msgs))

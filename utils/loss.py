@@ -56,7 +56,7 @@ class ComputeLoss:
     sort_obj_iou = False  # write objectness targets in rising IoU order, so the best match wins a shared cell
 
     def __init__(self, model: nn.Module, autobalance: bool = False):
-        hyp = getattr(model, "hyp", None)
+        hyp = getattr(model, "hyp", None) or getattr(de_parallel(model), "hyp", None)  # set on a DDP wrapper or not
         missing = [k for k in REQUIRED_HYP if not isinstance(hyp, dict) or k not in hyp]
         if missing:
             raise ValueError(f"ComputeLoss: model.hyp lacks {', '.join(missing)}; expected the keys of a "

@@ -90,8 +90,8 @@ def _plot_curves(px, py, p, r, f1, ap, save_dir, names, prefix) -> None:
     plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", names, ylabel="Recall")
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, plot: bool = False, save_dir=".", names=(), eps: float = 1e-16,
-                 prefix: str = "") -> tuple:
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
+                 save_dir=".", names=(), eps: float = 1e-16, prefix: str = "") -> tuple:
     """Per-class AP at each IoU threshold and P/R/F1 at the confidence maximising the smoothed mean F1.
 
     tp (n, t) bool per detection and threshold; conf (n,); pred_cls (n,); target_cls (m,) label classes.
@@ -180,6 +180,7 @@ class ConfusionMatrix:
         return tp[:-1], fp[:-1]
 
     def print(self) -> None:
+        """Log the raw counts, one matrix row per line."""
         for row in self.matrix:
             LOGGER.info(" ".join(f"{v:g}" for v in row))
 

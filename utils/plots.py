@@ -10,7 +10,7 @@ import csv
 import functools
 import math
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -34,7 +34,7 @@ def _never_raise(fn):
 def _figure(rows: int = 1, cols: int = 1, figsize=(9, 6)):
     """A pyplot-free figure; grids get fixed margins, since tight_layout costs a full extra draw per save."""
     from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
-    fig = Figure(figsize=figsize, tight_layout=rows * cols == 1)
+    fig = Figure(figsize=figsize, layout="tight" if rows * cols == 1 else None)
     axes = fig.subplots(rows, cols)
     if rows * cols > 1:
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.95, wspace=0.3, hspace=0.3)
@@ -143,6 +143,13 @@ def _mosaic(images: np.ndarray, max_size: int, max_subplots: int):
     return canvas, bs, ns, h, w, scale
 
 
+def _class_name(names, c: int) -> str:
+    """names[c] from a dict or a sequence, else the index itself."""
+    if isinstance(names, dict):
+        return str(names.get(c, c))
+    return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)
+
+
 def _draw_image_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w: int, h: int, scale: float,
                         names) -> None:
     """Draw one tile's targets ti (k, 6|7) [idx, cls, x, y, w, h(, conf)]; predictions below 0.25 are skipped."""
@@ -162,8 +169,7 @@ def _draw_image_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w:
         if has_conf and conf[j] <= 0.25:
             continue
         c = classes[j]
-        name = names[c] if names is not None and c in (names if isinstance(names, dict) else range(len(names))) \
-            else str(c)
+        name = _class_name(names, c)
         label = name if not has_conf else f"{name} {conf[j]:.1f}"
         annotator.box_label(box, label, color=colors(c))
 
@@ -340,7 +346,7 @@ def plot_labels(labels: np.ndarray, names=(), save_dir=Path("")) -> None:
     ax[1].imshow(_box_shapes_image(c, b))
     ax[1].axis("off")
     for a, (i, j), (xl, yl) in zip(ax[2:], ((0, 1), (2, 3)), (("x", "y"), ("width", "height"))):
-        a.hist2d(b[:, i], b[:, j], bins=50, range=[[0, 1], [0, 1]], cmap="Blues")
+        _hist2d(a, b[:, i], b[:, j])
         a.set_xlabel(xl)
         a.set_ylabel(yl)
     fig.savefig(save_dir / "labels.jpg", dpi=200)
@@ -355,6 +361,12 @@ def _box_shapes_image(c: np.ndarray, b: np.ndarray, n: int = 1000) -> np.ndarray
     return im
 
 
+def _hist2d(ax, x: np.ndarray, y: np.ndarray, bins: int = 50) -> None:
+    """2-D histogram of points in [0, 1]^2 drawn as an image (much cheaper to render than Axes.hist2d's mesh)."""
+    h = np.histogram2d(y, x, bins=bins, range=[[0, 1], [0, 1]])[0]  # rows follow y
+    ax.imshow(h, cmap="Blues", origin="lower", extent=(0, 1, 0, 1), aspect="auto")
+
+
 def _plot_label_correlogram(b: np.ndarray, fname: Path) -> None:
     """Pair plot of label x, y, width, height: histograms on the diagonal, 2-D histograms elsewhere."""
     keys = ("x", "y", "width", "height")
@@ -364,10 +376,19 @@ def _plot_label_correlogram(b: np.ndarray, fname: Path) -> None:
             a = ax[i, j]
             if i == j:
                 a.hist(b[:, i], bins=50, range=(0, 1), color="steelblue")
+                a.set_yticks([])
             else:
-                a.hist2d(b[:, j], b[:, i], bins=50, range=[[0, 1], [0, 1]], cmap="Blues")
+                _hist2d(a, b[:, j], b[:, i])
+                a.set_yticks((0.2, 0.4, 0.6, 0.8))
+            a.set_xlim(0, 1)
+            a.set_xticks((0.2, 0.4, 0.6, 0.8))  # interior ticks: edge labels would collide between panels
+            if i < 3:
+                a.set_xticklabels([])
+            if 0 < j:
+                a.set_yticklabels([])
             a.set_xlabel(keys[j] if i == 3 else "")
             a.set_ylabel(keys[i] if j == 0 else "")
+    fig.subplots_adjust(wspace=0.08, hspace=0.08)
     fig.savefig(fname, dpi=200)
 
 

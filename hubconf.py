@@ -1,0 +1,141 @@
+"""torch.hub entry points: `custom` for any local checkpoint, and one per model config in models/*.yaml.
+
+    model = torch.hub.load('.', 'custom', path='best.pt', source='local')         # this project's or YOLOv5's .pt
+    model = torch.hub.load('.', 'yolov5n_shuffle', source='local')                 # the repo's yolov5n_shuffle.pt
+    model = torch.hub.load('.', 'yolov5s', pretrained=False, classes=3, source='local')  # random init from yaml
+    results = model(['img.jpg', rgb_array, pil_image]); results.print(); results.save(); results.tolist()
+
+Nothing is downloaded: pretrained weights are the local file <config>.pt in the repo root (WEIGHTS_DIR).
+"""
+
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+from models.autoshape import AutoShape
+from models.experimental import attempt_load
+from models.yolo import DetectionModel
+from utils.logger import LOGGER
+from utils.torch_utils import select_device
+
+dependencies = ["torch", "torchvision", "yaml", "cv2", "numpy", "PIL"]  # checked by torch.hub before loading
+
+ROOT = Path(__file__).resolve().parent
+WEIGHTS_DIR = ROOT  # where pretrained=True looks for <config>.pt
+
+
+def _device(device) -> torch.device:
+    return device if isinstance(device, torch.device) else select_device("" if device is None else str(device))
+
+
+def _nc(model: nn.Module) -> int:
+    """Class count of a model (older objects lack the `nc` attribute; the Detect head always has it)."""
+    return int(getattr(model, "nc", None) or model.model[-1].nc)
+
+
+def _transfer(model: nn.Module, cfg: Path, channels: int, classes: Optional[int], source: Path) -> nn.Module:
+    """A new model from cfg with `channels`/`classes`, given every pretrained tensor whose name and shape match."""
+    new = DetectionModel(cfg, ch=channels, nc=classes or _nc(model))
+    if _nc(new) == _nc(model):
+        new.names = model.names
+    own = new.state_dict()
+    matched = {k: v for k, v in model.float().state_dict().items() if k in own and v.shape == own[k].shape}
+    new.load_state_dict(matched, strict=False)
+    LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {source}")
+    return new
+
+
+def _create(name: str, pretrained: bool = True, channels: int = 3, classes: Optional[int] = None,
+            autoshape: bool = True, verbose: bool = True, device=None, trust: bool = False) -> nn.Module:
+    """Model `name` (a models/<name>.yaml): pretrained from WEIGHTS_DIR/<name>.pt, else randomly initialised.
+
+    classes: None keeps the checkpoint's (or the yaml's) class count; another value rebuilds the head and keeps
+    every matching pretrained tensor. autoshape wraps the model for file/array/PIL inputs (see models/autoshape.py).
+    """
+    if not verbose:
+        LOGGER.setLevel(logging.WARNING)
+    cfg = ROOT / "models" / f"{name}.yaml"
+    if not cfg.is_file():
+        known = ", ".join(sorted(p.stem for p in (ROOT / "models").glob("*.yaml")))
+        raise ValueError(f"unknown model '{name}'. Known: {known}; or use custom(path='your.pt')")
+    device = _device(device)
+    if pretrained:
+        weights = Path(WEIGHTS_DIR) / f"{name}.pt"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{name}: pretrained=True needs the local file {weights}, and this project never "
+                                    f"downloads weights. Use pretrained=False for a randomly initialised {name}, "
+                                    f"or custom(path='your.pt') for a checkpoint you have")
+        model = attempt_load(weights, device=device, fuse=autoshape, trust=trust)
+        if channels != 3 or (classes and classes != _nc(model)):
+            model = _transfer(attempt_load(weights, fuse=False, trust=trust), cfg, channels, classes, weights)
+    else:
+        model = DetectionModel(cfg, ch=channels, nc=classes)
+    model = model.to(device)
+    return AutoShape(model, verbose=verbose) if autoshape else model
+
+
+def custom(path: Union[str, Path] = "path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None,
+           trust: bool = False) -> nn.Module:
+    """A local checkpoint (this project's or YOLOv5's; legacy pickles need trust=True or YOLOV5_TRUST_WEIGHTS=1)."""
+    if not _verbose:
+        LOGGER.setLevel(logging.WARNING)
+    model = attempt_load(path, device=_device(device), fuse=autoshape, trust=trust)
+    return AutoShape(model, verbose=_verbose) if autoshape else model
+
+
+def yolov5n(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """YOLOv5-nano (models/yolov5n.yaml)."""
+    return _create("yolov5n", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5s(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """YOLOv5-small (models/yolov5s.yaml)."""
+    return _create("yolov5s", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5m(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """YOLOv5-medium (models/yolov5m.yaml)."""
+    return _create("yolov5m", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5l(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """YOLOv5-large (models/yolov5l.yaml)."""
+    return _create("yolov5l", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5x(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """YOLOv5-xlarge (models/yolov5x.yaml)."""
+    return _create("yolov5x", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """The seed design: YOLOv5l head on a ShuffleNetV2 backbone (models/yolov5_shuffle.yaml)."""
+    return _create("yolov5_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5n_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """ShuffleNetV2 backbone at YOLOv5n scale (models/yolov5n_shuffle.yaml); the repo ships yolov5n_shuffle.pt."""
+    return _create("yolov5n_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5s_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """ShuffleNetV2 backbone at YOLOv5s scale (models/yolov5s_shuffle.yaml)."""
+    return _create("yolov5s_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5m_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """ShuffleNetV2 backbone at YOLOv5m scale (models/yolov5m_shuffle.yaml)."""
+    return _create("yolov5m_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5l_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """ShuffleNetV2 backbone at YOLOv5l scale (models/yolov5l_shuffle.yaml, same as yolov5_shuffle.yaml)."""
+    return _create("yolov5l_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+
+
+def yolov5x_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+    """ShuffleNetV2 backbone at YOLOv5x scale (models/yolov5x_shuffle.yaml)."""
+    return _create("yolov5x_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)

@@ -1,0 +1,84 @@
+"""Built-in shapes dataset: deterministic bytes, valid and tight labels, sample images, the yaml's generator."""
+
+import numpy as np
+import pytest
+
+from utils.datasets_yaml import check_dataset
+from utils.files import ROOT, yaml_load
+from utils.label_check import verify_image_label
+from utils.synthetic import CLASSES, generate_shapes_dataset, render_image, write_sample_images
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes") / "a"
+    generate_shapes_dataset(root, n_train=4, n_val=2, seed=3, workers=1)
+    return root
+
+
+def test_same_seed_same_bytes(tiny, tmp_path):
+    again = generate_shapes_dataset(tmp_path / "b", n_train=4, n_val=2, seed=3, workers=2)
+    a, b = _files(tiny), _files(again)
+    assert len(a) == 12 and a == b
+    other = _files(generate_shapes_dataset(tmp_path / "c", n_train=4, n_val=2, seed=4, workers=1))
+    assert other.keys() == a.keys() and other != a
+
+
+def test_layout_and_labels_pass_the_verifier(tiny):
+    for split, n in (("train", 4), ("val", 2)):
+        ims = sorted((tiny / "images" / split).glob("*.jpg"))
+        assert len(ims) == n
+        for im in ims:
+            r = verify_image_label((str(im), str(tiny / "labels" / split / f"{im.stem}.txt"), ""))
+            assert r.corrupt == 0 and r.msgs == [] and 320 <= min(r.shape) and max(r.shape) <= 640
+            if len(r.labels):
+                assert set(r.labels[:, 0].tolist()) <= set(range(len(CLASSES)))
+                assert (r.labels[:, 3:] > 0).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boxes_are_tight_around_what_was_drawn(seed):
+    rng = np.random.default_rng([seed, 5])
+    w, h = 400, 330
+    img, labels, background, clean = render_image(rng, w, h, debug=True)
+    assert img.shape == (h, w, 3) and img.dtype == np.uint8
+    changed = np.abs(clean - background).max(2) > 8  # ignore the faintest anti-aliasing tails
+    covered = np.zeros((h, w), bool)
+    for c, x, y, bw, bh in labels:
+        x1, y1, x2, y2 = (round(v) for v in ((x - bw / 2) * w, (y - bh / 2) * h, (x + bw / 2) * w, (y + bh / 2) * h))
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and 0 <= c < len(CLASSES)
+        covered[max(y1 - 1, 0):y2 + 1, max(x1 - 1, 0):x2 + 1] = True  # 1 px of anti-aliased edge
+        inner = changed[y1:y2, x1:x2]
+        assert inner[0].any() and inner[-1].any() and inner[:, 0].any() and inner[:, -1].any()  # tight
+    assert not (changed & ~covered).any()  # nothing drawn outside the boxes
+
+
+def test_dataset_has_variety():
+    sizes, counts, empty = [], [], 0
+    for i in range(40):
+        rng = np.random.default_rng([0, 0, i])
+        _, labels = render_image(rng, 480, 400)
+        counts.append(len(labels))
+        empty += len(labels) == 0
+        sizes += (labels[:, 3] * 480).tolist()
+    assert max(counts) >= 6 and empty >= 1 and min(sizes) < 14 and max(sizes) > 240
+
+
+def test_sample_images(tmp_path):
+    files = write_sample_images(tmp_path, n=2)
+    assert len(files) == 2 and all(f.stat().st_size < 100_000 for f in files)
+    committed = sorted((ROOT / "data" / "images").glob("*.jpg"))
+    assert 3 <= len(committed) <= 4 and all(f.stat().st_size < 100_000 for f in committed)
+
+
+def test_shapes_yaml_download_generates_locally(tmp_path, monkeypatch):
+    data = yaml_load(ROOT / "data" / "shapes.yaml")
+    assert data["path"] == "../datasets/shapes" and len(data["names"]) == len(CLASSES) >= 8
+    data["path"] = str(tmp_path / "shapes")
+    data["download"] = data["download"].replace("n_train=360, n_val=80", "n_train=2, n_val=1")
+    out = check_dataset(data)
+    assert len(list((tmp_path / "shapes" / "images" / "val").glob("*.jpg"))) == 1 and out["nc"] == len(CLASSES)

@@ -1,0 +1,502 @@
+"""Train a YOLOv5 detector (stock or ShuffleNetV2 backbone) on a dataset, offline, CPU first.
+
+Usage:
+    python train.py                                    # yolov5n_shuffle from scratch on the built-in dataset
+    python train.py --cfg yolov5s_shuffle.yaml --data my.yaml --img 640 --epochs 100
+    python -m torch.distributed.run --nproc_per_node 2 train.py --batch 32 --device 0,1
+"""
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from copy import deepcopy
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning starves loader workers on small CPUs
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+import val as validate  # noqa: E402
+from models.experimental import attempt_load  # noqa: E402
+from models.yolo import Model  # noqa: E402
+from utils.autoanchor import check_anchors  # noqa: E402
+from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.checks import check_img_size  # noqa: E402
+from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.datasets_yaml import check_dataset  # noqa: E402
+from utils.ema import ModelEMA  # noqa: E402
+from utils.files import check_file, check_yaml, increment_path, yaml_load, yaml_save  # noqa: E402
+from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
+from utils.loss import ComputeLoss  # noqa: E402
+from utils.metrics import fitness  # noqa: E402
+from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
+from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
+                               torch_distributed_zero_first)
+from utils.train_utils import (HYP_KEYS, RESULT_KEYS, check_amp, git_info, intersect_dicts,  # noqa: E402
+                               labels_to_class_weights, labels_to_image_weights, load_hyp, write_results_row)
+
+
+# ---------------------------------------------------------------- setup steps
+
+def build_model(opt, hyp, nc, device):
+    """A model from --cfg, initialised from --weights by name-and-shape transfer when given."""
+    if not opt.weights:
+        return Model(opt.cfg, ch=3, nc=nc, anchors=hyp.get("anchors")).to(device), None
+    ckpt = load_checkpoint(check_file(opt.weights), trust=opt.trust_weights)
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), nn.Module)):
+        raise ValueError(f"--weights {opt.weights}: not a YOLOv5 checkpoint (no 'model' entry)")
+    model = Model(opt.cfg or ckpt["model"].yaml, ch=3, nc=nc, anchors=hyp.get("anchors")).to(device)
+    exclude = ["anchor"] if (opt.cfg or hyp.get("anchors")) and not opt.resume else []
+    csd = intersect_dicts(ckpt["model"].float().state_dict(), model.state_dict(), exclude=exclude)
+    model.load_state_dict(csd, strict=False)
+    LOGGER.info(f"Transferred {len(csd)}/{len(model.state_dict())} items from {opt.weights}")
+    return model, ckpt
+
+
+def freeze_layers(model, freeze):
+    """--freeze 10 freezes model.0..model.9; --freeze 0 3 5 freezes those layer indices."""
+    layers = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(freeze[0]))]
+    for k, v in model.named_parameters():
+        v.requires_grad = not any(x in k for x in layers)
+        if not v.requires_grad:
+            LOGGER.debug(f"freezing {k}")
+
+
+def scale_hyp(hyp, nl, nc, imgsz, label_smoothing):
+    """YOLOv5's loss-gain scaling by detection layers, classes and image size (done once, before training)."""
+    hyp["box"] *= 3 / nl
+    hyp["cls"] *= nc / 80 * 3 / nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
+    hyp["label_smoothing"] = label_smoothing
+
+
+def smart_resume(ckpt, optimizer, ema, weights, epochs, resume):
+    """Restore optimizer, best fitness and EMA; return (best_fitness, start_epoch, epochs)."""
+    best_fitness, start_epoch = 0.0, 0
+    if ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        best_fitness = float(np.asarray(ckpt["best_fitness"]).reshape(-1)[0]) if ckpt.get("best_fitness") is not None else 0.0
+    if ema and ckpt.get("ema"):
+        ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
+        ema.updates = ckpt["updates"]
+    start_epoch = ckpt["epoch"] + 1
+    if resume:
+        if start_epoch <= 0:
+            raise ValueError(f"{weights}: training to {epochs} epochs is finished (or this is a stripped final "
+                             f"checkpoint), nothing to resume. Start a new run with --weights {weights}")
+        LOGGER.info(f"Resuming training from {weights} from epoch {start_epoch} to {epochs} total epochs")
+    if epochs < start_epoch:
+        LOGGER.info(f"{weights} has been trained for {ckpt['epoch']} epochs. Fine-tuning for {epochs} more epochs.")
+        epochs += ckpt["epoch"]
+    return best_fitness, start_epoch, epochs
+
+
+def build_loaders(opt, hyp, data, gs, imgsz, batch_size):
+    """Training loader (every rank) and validation loader (rank 0 only)."""
+    train_loader, dataset = create_dataloader(
+        data["train"], imgsz, batch_size // WORLD_SIZE, gs, opt.single_cls, hyp=hyp, augment=True,
+        cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers,
+        image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed,
+        min_items=1)
+    val_loader = None
+    if RANK in (-1, 0):
+        val_loader = create_dataloader(
+            data["val"], imgsz, batch_size // WORLD_SIZE * 2, gs, opt.single_cls, hyp=hyp, cache=None if opt.noval
+            else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5, prefix=colorstr("val: "))[0]
+    return train_loader, dataset, val_loader
+
+
+# ---------------------------------------------------------------- one epoch
+
+def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, compute_loss, lf, opt, hyp,
+                    device, amp):
+    """Warmup, forward, backward, optimize (every `accumulate` batches), log. Returns mean losses (3,)."""
+    model.train()
+    if opt.image_weights:
+        cw = s.class_weights.cpu().numpy() * (1 - s.maps) ** 2 / s.nc
+        iw = labels_to_image_weights(dataset.labels, nc=s.nc, class_weights=cw)
+        dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
+    if RANK != -1:
+        train_loader.sampler.set_epoch(epoch)
+    mloss = torch.zeros(3, device=device)
+    pbar = enumerate(train_loader)
+    LOGGER.info(("\n" + "%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
+    if RANK in (-1, 0):
+        pbar = tqdm(pbar, total=s.nb, bar_format="{l_bar}{bar:10}{r_bar}", disable=not LOGGER.isEnabledFor(20))
+    optimizer.zero_grad()
+    for i, (imgs, targets, paths, _) in pbar:
+        ni = i + s.nb * epoch  # batches since the start of training
+        imgs = imgs.to(device, non_blocking=True).float() / 255
+
+        # Warmup
+        if ni <= s.nw:
+            xi = [0, s.nw]
+            s.accumulate = max(1, int(np.interp(ni, xi, [1, s.nbs / s.batch_size]).round()))
+            for j, x in enumerate(optimizer.param_groups):
+                start = hyp["warmup_bias_lr"] if j == 0 else 0.0  # group 0 holds the biases
+                x["lr"] = float(np.interp(ni, xi, [start, x["initial_lr"] * lf(epoch)]))  # plain floats keep
+                if "momentum" in x:  # the checkpoint loadable with weights_only=True
+                    x["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+
+        # Multi-scale
+        if opt.multi_scale:
+            sz = random.randrange(int(s.imgsz * 0.5), int(s.imgsz * 1.5) + s.gs) // s.gs * s.gs
+            sf = sz / max(imgs.shape[2:])
+            if sf != 1:
+                ns = [math.ceil(x * sf / s.gs) * s.gs for x in imgs.shape[2:]]
+                imgs = nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+
+        # Forward
+        with torch.autocast(device_type=device.type, enabled=amp):
+            pred = model(imgs)
+            loss, loss_items = compute_loss(pred, targets.to(device))
+            if RANK != -1:
+                loss *= WORLD_SIZE  # DDP averages gradients over ranks
+            if opt.quad:
+                loss *= 4.0
+        if not torch.isfinite(loss):
+            LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at epoch {epoch}, batch {i}; skipping this "
+                           f"step. Images: {', '.join(str(p) for p in paths)}")
+            optimizer.zero_grad()
+            continue
+
+        # Backward
+        scaler.scale(loss).backward()
+
+        # Optimize
+        if ni - s.last_opt_step >= s.accumulate:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            if ema:
+                ema.update(model)
+            s.last_opt_step = ni
+
+        # Log
+        if RANK in (-1, 0):
+            mloss = (mloss * i + loss_items) / (i + 1)
+            mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
+            pbar.set_description(("%11s" * 2 + "%11.4g" * 5) % (
+                f"{epoch}/{s.epochs - 1}", mem, *mloss, targets.shape[0], imgs.shape[-1]))
+            if s.plots and ni < 3:
+                plot_images(imgs, targets, paths, s.save_dir / f"train_batch{ni}.jpg")
+    return mloss
+
+
+# ---------------------------------------------------------------- the training story
+
+class State:
+    """Mutable training state shared by the steps (kept in one place instead of a 360-line function)."""
+
+
+def train(hyp, opt, device):
+    s = State()
+    s.save_dir, s.epochs, s.plots = Path(opt.save_dir), opt.epochs, not opt.evolve and not opt.noplots
+    w = s.save_dir / "weights"
+    last, best = w / "last.pt", w / "best.pt"
+    if RANK in (-1, 0):
+        w.mkdir(parents=True, exist_ok=True)
+        yaml_save(s.save_dir / "hyp.yaml", hyp)
+        yaml_save(s.save_dir / "opt.yaml", vars(opt))
+    LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
+
+    # Data and model
+    init_seeds(opt.seed + 1 + RANK, deterministic=True)
+    with torch_distributed_zero_first(LOCAL_RANK):
+        data = check_dataset(opt.data)
+    s.nc = 1 if opt.single_cls else int(data["nc"])
+    names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
+    is_coco = isinstance(data["val"], str) and data["val"].endswith("coco/val2017.txt")
+    model, ckpt = build_model(opt, hyp, s.nc, device)
+    amp = check_amp(model)
+    freeze_layers(model, opt.freeze)
+    s.gs = max(int(model.stride.max()), 32)
+    s.imgsz = check_img_size(opt.imgsz, s.gs, floor=s.gs * 2)
+    s.batch_size = opt.batch_size
+    if s.batch_size == -1:
+        s.batch_size = 16
+        LOGGER.warning("WARNING: AutoBatch (--batch-size -1) needs a CUDA device; using --batch-size 16")
+
+    # Optimizer, schedule, EMA
+    s.nbs = 64  # nominal batch size
+    s.accumulate = max(round(s.nbs / s.batch_size), 1)
+    hyp["weight_decay"] *= s.batch_size * s.accumulate / s.nbs
+    optimizer = smart_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    lf = lr_lambda(opt.cos_lr, hyp["lrf"], s.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    ema = ModelEMA(model) if RANK in (-1, 0) else None
+    best_fitness, start_epoch = 0.0, 0
+    if opt.resume and ckpt is not None:
+        best_fitness, start_epoch, s.epochs = smart_resume(ckpt, optimizer, ema, opt.weights, s.epochs, opt.resume)
+    del ckpt
+
+    if opt.sync_bn and device.type == "cuda" and RANK != -1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
+        LOGGER.info("Using SyncBatchNorm()")
+
+    # Data loaders
+    train_loader, dataset, s.val_loader = build_loaders(opt, hyp, data, s.gs, s.imgsz, s.batch_size)
+    dataset.check_classes(s.nc, str(opt.data))
+    if not opt.resume and RANK in (-1, 0):
+        if s.plots:
+            plot_labels(np.concatenate(dataset.labels, 0), names, s.save_dir)
+        if not opt.noautoanchor:
+            check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=s.imgsz)
+        model.half().float()  # round initial weights to FP16 precision, as YOLOv5 does
+
+    if RANK != -1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[LOCAL_RANK] if device.type == "cuda" else None, static_graph=True)
+
+    # Model attributes
+    nl = de_parallel(model).model[-1].nl
+    scale_hyp(hyp, nl, s.nc, s.imgsz, opt.label_smoothing)
+    m = de_parallel(model)
+    m.nc, m.hyp, m.names = s.nc, hyp, names
+    m.class_weights = labels_to_class_weights(dataset.labels, s.nc).to(device) * s.nc
+    s.class_weights = m.class_weights
+
+    # Start training
+    s.nb = len(train_loader)
+    s.nw = max(round(hyp["warmup_epochs"] * s.nb), 100)
+    s.last_opt_step = -1
+    s.maps = np.zeros(s.nc)
+    results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP50, mAP50-95, val box, obj, cls
+    scheduler.last_epoch = start_epoch - 1
+    scaler = torch.amp.GradScaler("cuda", enabled=amp) if device.type == "cuda" else _NoScaler()
+    stopper, stop = EarlyStopping(patience=opt.patience), False
+    compute_loss = ComputeLoss(m)
+    t0 = time.time()
+    LOGGER.info(f"Image sizes {s.imgsz} train, {s.imgsz} val\nUsing {train_loader.num_workers} dataloader workers\n"
+                f"Logging results to {colorstr('bold', s.save_dir)}\nStarting training for {s.epochs} epochs...")
+    epoch = start_epoch
+    for epoch in range(start_epoch, s.epochs):
+        mloss = train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, compute_loss, lf,
+                                opt, hyp, device, amp)
+        lr = [x["lr"] for x in optimizer.param_groups]  # for the loggers, before the scheduler steps
+        scheduler.step()
+        if RANK in (-1, 0):
+            ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+            final_epoch = epoch + 1 == s.epochs or stopper.possible_stop
+            if not opt.noval or final_epoch:
+                results, s.maps, _ = validate.run(
+                    data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, half=amp, model=ema.ema,
+                    single_cls=opt.single_cls, dataloader=s.val_loader, save_dir=s.save_dir, plots=False,
+                    compute_loss=compute_loss)
+            fi = float(fitness(np.array(results).reshape(1, -1))[0])
+            stop = stopper(epoch=epoch, fitness=fi)
+            if fi > best_fitness:
+                best_fitness = fi
+            write_results_row(s.save_dir / "results.csv", [epoch, *mloss.tolist(), *results, *lr])
+            if not opt.nosave or final_epoch:
+                ckpt = {"epoch": epoch, "best_fitness": best_fitness, "model": deepcopy(de_parallel(model)).half(),
+                        "ema": deepcopy(ema.ema).half(), "updates": ema.updates,
+                        "optimizer": optimizer.state_dict(), "opt": _plain(vars(opt)), "git": git_info(),
+                        "date": datetime.now().isoformat()}
+                save_checkpoint(ckpt, last)
+                if best_fitness == fi:
+                    save_checkpoint(ckpt, best)
+                if opt.save_period > 0 and epoch % opt.save_period == 0:
+                    save_checkpoint(ckpt, w / f"epoch{epoch}.pt")
+                del ckpt
+        if RANK != -1:  # every rank stops together
+            flag = [stop if RANK == 0 else None]
+            dist.broadcast_object_list(flag, 0)
+            stop = flag[0]
+        if stop:
+            break
+
+    if RANK in (-1, 0):
+        LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
+        results = final_validation(last, best, data, s, opt, is_coco, compute_loss, results)
+        if s.plots:
+            plot_results(file=s.save_dir / "results.csv")
+        LOGGER.info(f"Results saved to {colorstr('bold', s.save_dir)}")
+    return results
+
+
+def final_validation(last, best, data, s, opt, is_coco, compute_loss, results):
+    """Strip the optimizer from last.pt and best.pt, then validate best.pt with plots."""
+    for f in (last, best):
+        if not f.exists():
+            continue
+        strip_optimizer(f)
+        if f is best:
+            LOGGER.info(f"\nValidating {f}...")
+            results, _, _ = validate.run(
+                data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, model=attempt_load(f),
+                iou_thres=0.65 if is_coco else 0.60, single_cls=opt.single_cls,
+                dataloader=s.val_loader, save_dir=s.save_dir,
+                save_json=is_coco, verbose=True, plots=s.plots, compute_loss=compute_loss)
+    return results
+
+
+class _NoScaler:
+    """GradScaler stand-in for CPU: plain backward/step."""
+
+    def scale(self, loss):
+        return loss
+
+    def unscale_(self, optimizer):
+        pass
+
+    def step(self, optimizer):
+        optimizer.step()
+
+    def update(self):
+        pass
+
+
+def _plain(d: dict) -> dict:
+    """Options as plain types, so checkpoints load with torch.load(weights_only=True)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(description="Train a YOLOv5 / ShuffleNetV2-YOLOv5 detector.")
+    p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
+    p.add_argument("--cfg", type=str, default="", help="model.yaml path (default yolov5n_shuffle.yaml when "
+                                                       "neither --cfg nor --weights is given)")
+    p.add_argument("--data", type=str, default=ROOT / "data/shapes.yaml", help="dataset.yaml path")
+    p.add_argument("--hyp", type=str, default=ROOT / "data/hyps/hyp.scratch-low.yaml", help="hyperparameters path")
+    p.add_argument("--epochs", type=int, default=100, help="total training epochs")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all GPUs, -1 for autobatch")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training")
+    p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
+    p.add_argument("--noval", action="store_true", help="only validate final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--noplots", action="store_true", help="save no plot files")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x generations")
+    p.add_argument("--bucket", type=str, default="", help="gsutil bucket (not supported offline)")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk/val")
+    p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per RANK in DDP mode)")
+    p.add_argument("--project", default=ROOT / "runs/train", help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--quad", action="store_true", help="quad dataloader")
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing epsilon")
+    p.add_argument("--patience", type=int, default=100, help="EarlyStopping patience (epochs without improvement)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="Freeze layers: backbone=10, first3=0 1 2")
+    p.add_argument("--save-period", type=int, default=-1, help="Save checkpoint every x epochs (disabled if < 1)")
+    p.add_argument("--seed", type=int, default=0, help="Global training seed")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP (read from $LOCAL_RANK)")
+    p.add_argument("--trust-weights", action="store_true", help="allow legacy pickled checkpoints you trust")
+    for flag in ("--entity", "--upload_dataset", "--bbox_interval", "--artifact_alias"):  # W&B: accepted, unused
+        p.add_argument(flag, default=None, help=argparse.SUPPRESS, nargs="?")
+    return p.parse_args(argv)
+
+
+def resolve_resume(opt):
+    """--resume [path]: reload that run's options and continue from its last.pt."""
+    last = Path(check_file(opt.resume) if isinstance(opt.resume, str) else newest_last_pt())
+    opt_yaml = last.parent.parent / "opt.yaml"
+    if opt_yaml.is_file():
+        saved = yaml_load(opt_yaml)
+    else:
+        saved = load_checkpoint(last, trust=opt.trust_weights)["opt"]
+    new = argparse.Namespace(**{**vars(opt), **saved})
+    new.cfg, new.weights, new.resume = "", str(last), True
+    new.trust_weights = opt.trust_weights
+    return new
+
+
+def newest_last_pt(search_dir="."):
+    files = [p for p in Path(search_dir).rglob("last*.pt")]
+    if not files:
+        raise FileNotFoundError(f"--resume: no last*.pt found under {Path(search_dir).resolve()}; "
+                                f"pass the checkpoint path, e.g. --resume runs/train/exp/weights/last.pt")
+    return max(files, key=os.path.getctime)
+
+
+def main(opt):
+    set_logging(rank=RANK)
+    if opt.resume and not opt.evolve:
+        opt = resolve_resume(opt)
+    else:
+        if not opt.cfg and not opt.weights:
+            opt.cfg = "yolov5n_shuffle.yaml"
+        opt.data, opt.hyp = check_yaml(opt.data), check_yaml(opt.hyp)
+        opt.cfg = check_yaml(opt.cfg) if opt.cfg else ""
+        opt.weights = str(opt.weights)
+        if opt.evolve and str(opt.project) == str(ROOT / "runs/train"):
+            opt.project = str(ROOT / "runs/evolve")
+        if opt.name == "cfg":
+            opt.name = Path(opt.cfg).stem
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    device = select_device(opt.device, batch_size=opt.batch_size)
+    if LOCAL_RANK != -1:
+        device = setup_ddp(opt, device)
+    hyp = load_hyp(opt.hyp)
+    if opt.evolve:
+        from utils.evolve import evolve
+        return evolve(hyp, opt, device, train)
+    results = train(hyp, opt, device)
+    if WORLD_SIZE > 1 and RANK == 0:
+        LOGGER.info("Destroying process group... ")
+    if LOCAL_RANK != -1:
+        dist.destroy_process_group()
+    return results
+
+
+def setup_ddp(opt, device):
+    """Join the process group started by torch.distributed.run (NCCL on GPUs, gloo on CPUs)."""
+    if opt.image_weights:
+        raise ValueError("--image-weights is not supported with multi-process (DDP) training")
+    if opt.evolve:
+        raise ValueError("--evolve is not supported with multi-process (DDP) training")
+    if opt.batch_size == -1:
+        raise ValueError("AutoBatch (--batch-size -1) is not supported with DDP; pass a batch size")
+    if opt.batch_size % WORLD_SIZE:
+        raise ValueError(f"--batch-size {opt.batch_size} must be a multiple of WORLD_SIZE={WORLD_SIZE}")
+    if device.type == "cuda":
+        if torch.cuda.device_count() <= LOCAL_RANK:
+            raise ValueError(f"LOCAL_RANK {LOCAL_RANK}: not enough CUDA devices ({torch.cuda.device_count()})")
+        torch.cuda.set_device(LOCAL_RANK)
+        device = torch.device("cuda", LOCAL_RANK)
+    from datetime import timedelta
+    dist.init_process_group(backend="nccl" if dist.is_nccl_available() and device.type == "cuda" else "gloo",
+                            timeout=timedelta(hours=3))
+    return device
+
+
+def run(**kwargs):
+    """Python entry point: train.run(data='shapes.yaml', imgsz=320, epochs=3, ...)."""
+    opt = parse_opt([])
+    for k, v in kwargs.items():
+        setattr(opt, k, v)
+    main(opt)
+    return opt
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_opt())
+    except (ValueError, FileNotFoundError, UntrustedCheckpointError) as err:
+        sys.exit(f"ERROR: {err}")
+    except KeyboardInterrupt:
+        sys.exit("Interrupted: the last completed epoch is in weights/last.pt; continue with --resume")
