@@ -135,7 +135,8 @@ def test_hyp_files_have_yolov5_keys_and_values():
             "iou_t anchor_t fl_gamma hsv_h hsv_s hsv_v degrees translate scale shear perspective flipud fliplr "
             "mosaic mixup copy_paste").split()
     assert list(low) == list(med) == list(high) == keys
-    assert (low["lrf"], low["cls"], low["obj"], low["scale"], low["mixup"], low["iou_t"]) == (0.01, 0.5, 1.0, 0.5, 0.0, 0.2)
+    got = (low["lrf"], low["cls"], low["obj"], low["scale"], low["mixup"], low["iou_t"])
+    assert got == (0.01, 0.5, 1.0, 0.5, 0.0, 0.2)
     diff = {k: (med[k], high[k]) for k in keys if med[k] != low[k] or high[k] != low[k]}
     assert diff == {"lrf": (0.1, 0.1), "cls": (0.3, 0.3), "obj": (0.7, 0.7), "scale": (0.9, 0.9),
                     "mixup": (0.1, 0.1), "copy_paste": (0.0, 0.1)}

@@ -46,9 +46,9 @@ class LoadImagesAndLabels(Dataset):
 
     cache_version = 0.6
 
-    def __init__(self, path, img_size: int = 640, batch_size: int = 16, augment: bool = False, hyp: Optional[dict] = None,
-                 rect: bool = False, image_weights: bool = False, cache_images=False, single_cls: bool = False,
-                 stride: int = 32, pad: float = 0.0, min_items: int = 0, prefix: str = ""):
+    def __init__(self, path, img_size: int = 640, batch_size: int = 16, augment: bool = False,
+                 hyp: Optional[dict] = None, rect: bool = False, image_weights: bool = False, cache_images=False,
+                 single_cls: bool = False, stride: int = 32, pad: float = 0.0, min_items: int = 0, prefix: str = ""):
         self.img_size, self.augment, self.stride, self.prefix = img_size, augment, stride, prefix
         self.hyp = hyp if hyp is not None or not augment else yaml_load(DEFAULT_HYP)
         self.image_weights = image_weights
@@ -171,7 +171,7 @@ class LoadImagesAndLabels(Dataset):
             atomic_write(f, lambda fh: np.save(fh, im))
 
     def _decode(self, i: int) -> np.ndarray:
-        """BGR image i as stored; an undecodable file becomes a grey image of its scanned size (and loses its labels)."""
+        """BGR image i as stored; an undecodable file becomes a grey image of its scanned size without labels."""
         if self.cache_images == "disk" and self.npy_files[i].exists():
             return np.load(self.npy_files[i])
         im = imread(self.im_files[i])
@@ -309,13 +309,13 @@ class LoadImagesAndLabels(Dataset):
     def collate_fn4(batch):
         """'quad' collate: every 4 images become one, either the first upscaled 2x or the four tiled 2x2."""
         im, label, path, shapes = zip(*batch)
-        n = len(shapes) // 4
+        n = math.ceil(len(shapes) / 4)  # a last group of 1-3 images (epoch end) takes the upscale branch
         im4, label4 = [], []
         ho = torch.tensor([[0.0, 0, 0, 1, 0, 0]])  # shift one tile down
         wo = torch.tensor([[0.0, 0, 1, 0, 0, 0]])  # shift one tile right
         s = torch.tensor([[1, 1, 0.5, 0.5, 0.5, 0.5]])  # tiles are half the new image
         for i in range(0, 4 * n, 4):
-            if random.random() < 0.5:
+            if random.random() < 0.5 or i + 4 > len(im):
                 im1 = F.interpolate(im[i].unsqueeze(0).float(), scale_factor=2.0, mode="bilinear",
                                     align_corners=False)[0].type(im[i].type())
                 lb = label[i]

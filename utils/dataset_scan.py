@@ -61,9 +61,9 @@ def _no_images_hint(p: Path) -> str:
 def list_image_files(path: Union[PathLike, Sequence[PathLike]], prefix: str = "") -> tuple[list[str], Path]:
     """Sorted image files of a dataset split and the path its `.cache` is named after.
 
-    `path` is a directory (searched recursively), a .txt list of images, or a list of either.
-    Returns (files, source) where source is the last txt list given, or None-equivalent: the caller derives the
-    cache path from it. Raises FileNotFoundError for a missing path or when no image is found.
+    `path` is a directory (searched recursively), a .txt list of images, or a list of either. Returns (files,
+    source) with source = the last entry of `path` (see cache_path_for). Raises FileNotFoundError for a missing
+    path or when no image is found.
     """
     files, last = [], None
     for p in path if isinstance(path, (list, tuple)) else [path]:

@@ -86,8 +86,8 @@ def _orphan_labels(im_files: Sequence[str], label_files: Sequence[str], prefix: 
             continue
         orphans = sorted(set(glob.glob(os.path.join(d, "*.txt"))) - expected)
         if orphans:
-            msgs.append(f"{prefix}WARNING ⚠️ {len(orphans)} label files in {d} have no matching image and are ignored, "
-                        f"e.g. {orphans[0]}")
+            msgs.append(f"{prefix}WARNING ⚠️ {len(orphans)} label files in {d} have no matching image and are "
+                        f"ignored, e.g. {orphans[0]}")
     return msgs
 
 

@@ -134,6 +134,12 @@ def _parse_rows(rows: list, lb_file: str, im_file: str, prefix: str, msgs: list)
     """Token rows -> ((n, 5) float32 [cls, xywh], polygons). Any row with > 6 values makes the file polygons."""
     polygon = any(len(t) > 6 for _, t in rows)
     _check_tokens(rows, lb_file, polygon)
+    with np.errstate(over="ignore"):  # '1e39' becomes inf in float32 and is then rejected as non-finite
+        return _to_arrays(rows, lb_file, im_file, prefix, msgs, polygon)
+
+
+def _to_arrays(rows: list, lb_file: str, im_file: str, prefix: str, msgs: list, polygon: bool) -> tuple:
+    """The conversion itself, done with numpy exactly as YOLOv5 does (so float parsing and rounding agree)."""
     if not polygon:
         return np.array([t for _, t in rows], dtype=np.float32), []
     short = [ln for ln, t in rows if len(t) <= 6]
@@ -158,7 +164,10 @@ def _check_values(lb: np.ndarray, rows: list, lb_file: str, im_file: str, prefix
     fraction[:, 0] = lb[:, 0] != np.floor(lb[:, 0])
     if not np.isfinite(lb).all():
         where, v = first(~np.isfinite(lb))
-        raise Rejected("nan/inf value", f"{where}: value {v} is not a finite number")
+        row = rows[int(np.argwhere(~np.isfinite(lb))[0, 0])][1]
+        with np.errstate(over="ignore"):
+            token = next((t for t in row if not np.isfinite(np.float32(float(t)))), v)
+        raise Rejected("nan/inf value", f"{where}: value {token} is not a finite number (float32)")
     if (lb < 0).any():
         where, v = first(lb < 0)
         raise Rejected("negative value", f"{where}: negative value {v:g} (all values must be >= 0)")

@@ -162,7 +162,7 @@ class LoadStreams:
         self.rect = np.unique(shapes, axis=0).shape[0] == 1  # one batch shape for all streams
         self.auto = auto and self.rect
         if not self.rect:
-            LOGGER.warning("WARNING ⚠️ Stream shapes differ. For optimal performance supply similarly-shaped streams.")
+            LOGGER.warning("WARNING ⚠️ Stream shapes differ; similarly-shaped streams batch faster.")
 
     def _open(self, i: int, n: int, s: str) -> None:
         st = f"{i + 1}/{n}: {s}... "

@@ -13,7 +13,6 @@ import shutil
 import sys
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
