@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from models.backends import DetectMultiBackend, backend_kind  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from utils.boxes import scale_boxes  # noqa: E402
 from utils.checkpoint import UntrustedCheckpointError, strip_optimizer  # noqa: E402
@@ -48,18 +49,20 @@ def resolve_weights(weights) -> list:
         w = str(w)
         if w.lower().startswith(URL_PREFIXES):
             raise FileNotFoundError(f"{w}: this project never downloads weights; fetch the file and pass its path")
-        if Path(w).suffix.lower() not in (".pt", ".pth"):
-            raise ValueError(f"--weights {w}: detect.py runs PyTorch checkpoints (.pt); other formats (ONNX, "
-                             f"TorchScript, engines, ...) are not supported here. Pass the .pt they came from")
-        p = Path(w) if Path(w).is_file() else ROOT / w
-        if not p.is_file() and Path(w).name == DEFAULT_WEIGHTS:
+        backend_kind(w)  # raises for formats no backend runs
+        p = Path(w) if Path(w).exists() else ROOT / w  # exported OpenVINO/ncnn models are folders
+        if not p.exists() and Path(w).name == DEFAULT_WEIGHTS:
             raise FileNotFoundError(MISSING_DEFAULT)
-        out.append(str(p) if p.is_file() else w)
+        out.append(str(p) if p.exists() else w)
     return out
 
 
 def load_model(weights: list, device: torch.device, half: bool, trust: bool, data):
-    """attempt_load one checkpoint (or an ensemble); -> (model, names {id: name}, max stride)."""
+    """attempt_load one checkpoint (or an ensemble), or an exported model through DetectMultiBackend;
+    -> (model, names {id: name}, max stride)."""
+    if any(backend_kind(w) != "pytorch" for w in weights):
+        model = DetectMultiBackend(weights, device=device, data=data, fp16=half, trust=trust)
+        return model, model_names(model, data), int(model.stride.max())
     model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, trust=trust)
     names = model_names(model, data)
     return (model.half() if half else model.float()), names, int(model.stride.max())
@@ -110,15 +113,16 @@ def is_stream_source(source: str) -> bool:
     return False
 
 
-def open_source(source: str, imgsz, stride: int, vid_stride: int):
+def open_source(source: str, imgsz, stride: int, vid_stride: int, auto: bool = True):
     """LoadStreams for webcams/streams, LoadImages for files, folders, globs, videos and .txt lists.
-    -> (dataset, streams). letterbox auto=True (minimum rectangle), as YOLOv5 does for PyTorch models."""
+    -> (dataset, streams). letterbox auto=True (minimum rectangle) for PyTorch models, square for exported ones,
+    as YOLOv5 does."""
     if is_stream_source(source):
-        return LoadStreams(source, img_size=imgsz, stride=stride, auto=True, vid_stride=vid_stride), True
+        return LoadStreams(source, img_size=imgsz, stride=stride, auto=auto, vid_stride=vid_stride), True
     if source.lower().startswith(URL_PREFIXES):
         raise FileNotFoundError(f"--source {source}: this project never downloads; save the file and pass its path")
     try:
-        return LoadImages(source, img_size=imgsz, stride=stride, auto=True, vid_stride=vid_stride), False
+        return LoadImages(source, img_size=imgsz, stride=stride, auto=auto, vid_stride=vid_stride), False
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--source {source}: {e}") from None
 
@@ -235,7 +239,7 @@ def detect_all(model, dataset, saver: ResultSaver, streams: bool, device, half: 
     """Pre-process, infer, NMS and save every image/frame/batch of `dataset`, logging one line each.
     -> (images seen, (pre-process, inference, NMS) stopwatches)."""
     seen, dt = 0, (Stopwatch(), Stopwatch(), Stopwatch())
-    if device.type == "cuda":
+    if device.type == "cuda" and getattr(model, "pt", True):
         model(torch.zeros(1, 3, *dataset.img_size, device=device).type_as(next(model.parameters())))  # warm-up
     for path, im, im0s, vid_cap, s in dataset:
         with dt[0]:
@@ -267,7 +271,7 @@ def run(weights=ROOT / DEFAULT_WEIGHTS, source=ROOT / "data/images", data=ROOT /
     check_thresholds(conf_thres, iou_thres)
     model, names, stride, device, half = prepare_model(weights, device, half, dnn, trust_weights, data)
     imgsz = check_img_size(_hw(imgsz), s=stride)
-    dataset, streams = open_source(source, imgsz, stride, vid_stride)
+    dataset, streams = open_source(source, imgsz, stride, vid_stride, auto=getattr(model, "pt", True))
 
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
@@ -349,5 +353,5 @@ def main(opt: argparse.Namespace) -> None:
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (ValueError, FileNotFoundError, UntrustedCheckpointError, ConnectionError) as err:
+    except (ValueError, OSError, UntrustedCheckpointError) as err:  # OSError includes ConnectionError, disk full
         sys.exit(f"ERROR: {err}")

@@ -42,10 +42,11 @@ from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
+from utils.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
                                torch_distributed_zero_first)
-from utils.train_utils import (HYP_KEYS, RESULT_KEYS, check_amp, git_info, intersect_dicts,  # noqa: E402
-                               labels_to_class_weights, labels_to_image_weights, load_hyp, write_results_row)
+from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
+                               labels_to_image_weights, load_hyp, write_results_row)
 
 
 # ---------------------------------------------------------------- setup steps
@@ -88,7 +89,7 @@ def smart_resume(ckpt, optimizer, ema, weights, epochs, resume):
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         best_fitness = float(np.asarray(ckpt["best_fitness"]).reshape(-1)[0]) if ckpt.get("best_fitness") is not None else 0.0
-    if ema and ckpt.get("ema"):
+    if ema is not None and ckpt.get("ema") is not None:
         ema.ema.load_state_dict(ckpt["ema"].float().state_dict())
         ema.updates = ckpt["updates"]
     start_epoch = ckpt["epoch"] + 1
@@ -108,8 +109,7 @@ def build_loaders(opt, hyp, data, gs, imgsz, batch_size):
     train_loader, dataset = create_dataloader(
         data["train"], imgsz, batch_size // WORLD_SIZE, gs, opt.single_cls, hyp=hyp, augment=True,
         cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers,
-        image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed,
-        min_items=1)
+        image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed)
     val_loader = None
     if RANK in (-1, 0):
         val_loader = create_dataloader(
@@ -119,6 +119,54 @@ def build_loaders(opt, hyp, data, gs, imgsz, batch_size):
 
 
 # ---------------------------------------------------------------- one epoch
+
+def warmup(s, ni, epoch, optimizer, lf, hyp):
+    """Ramp accumulate 1 -> nbs/bs, the bias LR warmup_bias_lr -> lr0*lf, other LRs 0 -> lr0*lf and momentum
+    warmup_momentum -> momentum linearly over the first s.nw iterations."""
+    xi = [0, s.nw]
+    s.accumulate = max(1, int(np.interp(ni, xi, [1, s.nbs / s.batch_size]).round()))
+    for j, x in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 0 else 0.0  # group 0 holds the biases
+        x["lr"] = float(np.interp(ni, xi, [start, x["initial_lr"] * lf(epoch)]))  # plain floats keep
+        if "momentum" in x:  # the checkpoint loadable with weights_only=True (Adam's betas stay, as in YOLOv5)
+            x["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+
+
+def multi_scale(imgs, s):
+    """Resize the batch to a random gs-multiple size in [0.5, 1.5] x imgsz (longest side)."""
+    sz = random.randrange(int(s.imgsz * 0.5), int(s.imgsz * 1.5) + s.gs) // s.gs * s.gs
+    sf = sz / max(imgs.shape[2:])
+    if sf != 1:
+        ns = [math.ceil(x * sf / s.gs) * s.gs for x in imgs.shape[2:]]
+        imgs = nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+    return imgs
+
+
+def all_finite(loss, device) -> bool:
+    """True when the loss is finite on every rank (in DDP all ranks must skip a step together or none)."""
+    ok = bool(torch.isfinite(loss).all())
+    if RANK != -1:
+        flag = torch.tensor([0.0 if ok else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        ok = flag.item() == 0
+    return ok
+
+
+def optimizer_step(model, optimizer, scaler, ema, amp) -> bool:
+    """Unscale, clip the gradient norm at 10, step, zero the grads, update the EMA. False when skipped because
+    the gradients were not finite (without AMP; with AMP the GradScaler skips such steps itself)."""
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    if not amp and not torch.isfinite(norm):  # grads are all-reduced, so every DDP rank takes the same branch
+        optimizer.zero_grad()
+        return False
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+    if ema:
+        ema.update(model)
+    return True
+
 
 def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, compute_loss, lf, opt, hyp,
                     device, amp):
@@ -130,7 +178,7 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
         dataset.indices = random.choices(range(dataset.n), weights=iw, k=dataset.n)
     if RANK != -1:
         train_loader.sampler.set_epoch(epoch)
-    mloss = torch.zeros(3, device=device)
+    mloss, n_ok = torch.zeros(3, device=device), 0
     pbar = enumerate(train_loader)
     LOGGER.info(("\n" + "%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
     if RANK in (-1, 0):
@@ -139,24 +187,10 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
     for i, (imgs, targets, paths, _) in pbar:
         ni = i + s.nb * epoch  # batches since the start of training
         imgs = imgs.to(device, non_blocking=True).float() / 255
-
-        # Warmup
         if ni <= s.nw:
-            xi = [0, s.nw]
-            s.accumulate = max(1, int(np.interp(ni, xi, [1, s.nbs / s.batch_size]).round()))
-            for j, x in enumerate(optimizer.param_groups):
-                start = hyp["warmup_bias_lr"] if j == 0 else 0.0  # group 0 holds the biases
-                x["lr"] = float(np.interp(ni, xi, [start, x["initial_lr"] * lf(epoch)]))  # plain floats keep
-                if "momentum" in x:  # the checkpoint loadable with weights_only=True
-                    x["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
-
-        # Multi-scale
+            warmup(s, ni, epoch, optimizer, lf, hyp)
         if opt.multi_scale:
-            sz = random.randrange(int(s.imgsz * 0.5), int(s.imgsz * 1.5) + s.gs) // s.gs * s.gs
-            sf = sz / max(imgs.shape[2:])
-            if sf != 1:
-                ns = [math.ceil(x * sf / s.gs) * s.gs for x in imgs.shape[2:]]
-                imgs = nn.functional.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
+            imgs = multi_scale(imgs, s)
 
         # Forward
         with torch.autocast(device_type=device.type, enabled=amp):
@@ -166,10 +200,9 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
                 loss *= WORLD_SIZE  # DDP averages gradients over ranks
             if opt.quad:
                 loss *= 4.0
-        if not torch.isfinite(loss):
-            LOGGER.warning(f"WARNING: non-finite loss {loss.item()} at epoch {epoch}, batch {i}; skipping this "
-                           f"step. Images: {', '.join(str(p) for p in paths)}")
-            optimizer.zero_grad()
+        if not all_finite(loss, device):  # skip this batch; gradients accumulated so far are kept
+            LOGGER.warning(f"WARNING: non-finite loss at epoch {epoch}, batch {i} (on this or another rank); "
+                           f"skipping it. Images: {', '.join(str(p) for p in paths)}")
             continue
 
         # Backward
@@ -177,18 +210,14 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
 
         # Optimize
         if ni - s.last_opt_step >= s.accumulate:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad()
-            if ema:
-                ema.update(model)
+            if not optimizer_step(model, optimizer, scaler, ema, amp):
+                LOGGER.warning(f"WARNING: non-finite gradients at epoch {epoch}, batch {i}; optimizer step skipped")
             s.last_opt_step = ni
 
         # Log
         if RANK in (-1, 0):
-            mloss = (mloss * i + loss_items) / (i + 1)
+            mloss = (mloss * n_ok + loss_items) / (n_ok + 1)
+            n_ok += 1
             mem = f"{torch.cuda.memory_reserved() / 1e9 if torch.cuda.is_available() else 0:.3g}G"
             pbar.set_description(("%11s" * 2 + "%11.4g" * 5) % (
                 f"{epoch}/{s.epochs - 1}", mem, *mloss, targets.shape[0], imgs.shape[-1]))
@@ -203,26 +232,40 @@ class State:
     """Mutable training state shared by the steps (kept in one place instead of a 360-line function)."""
 
 
-def train(hyp, opt, device):
+def start_run(hyp, opt, device) -> State:
+    """Run directory, hyp.yaml/opt.yaml, seeds and the dataset yaml; returns the state the other steps share."""
     s = State()
-    s.save_dir, s.epochs, s.plots = Path(opt.save_dir), opt.epochs, not opt.evolve and not opt.noplots
-    w = s.save_dir / "weights"
-    last, best = w / "last.pt", w / "best.pt"
+    s.save_dir, s.epochs, s.plots, s.device = Path(opt.save_dir), opt.epochs, not opt.evolve and not opt.noplots, device
+    s.w = s.save_dir / "weights"
+    s.last, s.best = s.w / "last.pt", s.w / "best.pt"
+    opt.hyp = dict(hyp)  # unscaled, so opt.yaml and ckpt['opt'] hold the values a --resume continues with
     if RANK in (-1, 0):
-        w.mkdir(parents=True, exist_ok=True)
-        yaml_save(s.save_dir / "hyp.yaml", hyp)
-        yaml_save(s.save_dir / "opt.yaml", vars(opt))
+        s.save_dir.mkdir(parents=True, exist_ok=True)
+        if not opt.evolve:  # evolution writes only results.csv and its own files (evolve.csv, hyp_evolve.yaml)
+            s.w.mkdir(exist_ok=True)
+            yaml_save(s.save_dir / "hyp.yaml", hyp)
+            yaml_save(s.save_dir / "opt.yaml", vars(opt))
+        if opt.resume:
+            remove_stale_temps(s.w)
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
-
-    # Data and model
     init_seeds(opt.seed + 1 + RANK, deterministic=True)
     with torch_distributed_zero_first(LOCAL_RANK):
-        data = check_dataset(opt.data)
-    s.nc = 1 if opt.single_cls else int(data["nc"])
-    names = {0: "item"} if opt.single_cls and len(data["names"]) != 1 else data["names"]
-    is_coco = isinstance(data["val"], str) and data["val"].endswith("coco/val2017.txt")
+        s.data = check_dataset(opt.data)
+    s.nc = 1 if opt.single_cls else int(s.data["nc"])
+    s.names = {0: "item"} if opt.single_cls and len(s.data["names"]) != 1 else s.data["names"]
+    s.is_coco = isinstance(s.data["val"], str) and s.data["val"].endswith("coco/val2017.txt")
+    return s
+
+
+def train(hyp, opt, device):
+    """Train one run; returns the final (P, R, mAP50, mAP50-95, val box, obj, cls losses)."""
+    s = start_run(hyp, opt, device)
+
+    # Model
     model, ckpt = build_model(opt, hyp, s.nc, device)
-    amp = check_amp(model)
+    if getattr(opt, "backbone_weights", "") and not opt.resume:  # a resumed run's checkpoint holds the backbone
+        load_shufflenet_backbone(model, opt.backbone_weights)
+    s.amp = check_amp(model)
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
     s.imgsz = check_img_size(opt.imgsz, s.gs, floor=s.gs * 2)
@@ -231,88 +274,43 @@ def train(hyp, opt, device):
         s.batch_size = 16
         LOGGER.warning("WARNING: AutoBatch (--batch-size -1) needs a CUDA device; using --batch-size 16")
 
-    # Optimizer, schedule, EMA
-    s.nbs = 64  # nominal batch size
-    s.accumulate = max(round(s.nbs / s.batch_size), 1)
-    hyp["weight_decay"] *= s.batch_size * s.accumulate / s.nbs
-    optimizer = smart_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
-    lf = lr_lambda(opt.cos_lr, hyp["lrf"], s.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    ema = ModelEMA(model) if RANK in (-1, 0) else None
-    best_fitness, start_epoch = 0.0, 0
-    if opt.resume and ckpt is not None:
-        best_fitness, start_epoch, s.epochs = smart_resume(ckpt, optimizer, ema, opt.weights, s.epochs, opt.resume)
+    # Optimizer, schedule, EMA, resume
+    optimizer, lf, scheduler, ema, start_epoch = build_optimizer(s, model, opt, hyp, ckpt)
     del ckpt
 
-    if opt.sync_bn and device.type == "cuda" and RANK != -1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
-        LOGGER.info("Using SyncBatchNorm()")
-
-    # Data loaders
-    train_loader, dataset, s.val_loader = build_loaders(opt, hyp, data, s.gs, s.imgsz, s.batch_size)
+    # Data
+    train_loader, dataset, s.val_loader = build_loaders(opt, hyp, s.data, s.gs, s.imgsz, s.batch_size)
     dataset.check_classes(s.nc, str(opt.data))
     if not opt.resume and RANK in (-1, 0):
         if s.plots:
-            plot_labels(np.concatenate(dataset.labels, 0), names, s.save_dir)
+            plot_labels(np.concatenate(dataset.labels, 0), s.names, s.save_dir)
         if not opt.noautoanchor:
             check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=s.imgsz)
         model.half().float()  # round initial weights to FP16 precision, as YOLOv5 does
-
-    if RANK != -1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[LOCAL_RANK] if device.type == "cuda" else None, static_graph=True)
-
-    # Model attributes
-    nl = de_parallel(model).model[-1].nl
-    scale_hyp(hyp, nl, s.nc, s.imgsz, opt.label_smoothing)
-    m = de_parallel(model)
-    m.nc, m.hyp, m.names = s.nc, hyp, names
-    m.class_weights = labels_to_class_weights(dataset.labels, s.nc).to(device) * s.nc
-    s.class_weights = m.class_weights
+    model = wrap_parallel(model, opt, device)
+    m = set_model_attributes(s, de_parallel(model), hyp, dataset, opt)
 
     # Start training
     s.nb = len(train_loader)
     s.nw = max(round(hyp["warmup_epochs"] * s.nb), 100)
     s.last_opt_step = -1
     s.maps = np.zeros(s.nc)
-    results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP50, mAP50-95, val box, obj, cls
+    s.results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP50, mAP50-95, val box, obj, cls
     scheduler.last_epoch = start_epoch - 1
-    scaler = torch.amp.GradScaler("cuda", enabled=amp) if device.type == "cuda" else _NoScaler()
-    stopper, stop = EarlyStopping(patience=opt.patience), False
-    compute_loss = ComputeLoss(m)
+    scaler = torch.amp.GradScaler("cuda", enabled=s.amp) if device.type == "cuda" else _NoScaler()
+    s.stopper, stop = EarlyStopping(patience=opt.patience), False
+    s.compute_loss = ComputeLoss(m)
     t0 = time.time()
     LOGGER.info(f"Image sizes {s.imgsz} train, {s.imgsz} val\nUsing {train_loader.num_workers} dataloader workers\n"
                 f"Logging results to {colorstr('bold', s.save_dir)}\nStarting training for {s.epochs} epochs...")
     epoch = start_epoch
     for epoch in range(start_epoch, s.epochs):
-        mloss = train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, compute_loss, lf,
-                                opt, hyp, device, amp)
+        mloss = train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, s.compute_loss, lf,
+                                opt, hyp, device, s.amp)
         lr = [x["lr"] for x in optimizer.param_groups]  # for the loggers, before the scheduler steps
         scheduler.step()
         if RANK in (-1, 0):
-            ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
-            final_epoch = epoch + 1 == s.epochs or stopper.possible_stop
-            if not opt.noval or final_epoch:
-                results, s.maps, _ = validate.run(
-                    data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, half=amp, model=ema.ema,
-                    single_cls=opt.single_cls, dataloader=s.val_loader, save_dir=s.save_dir, plots=False,
-                    compute_loss=compute_loss)
-            fi = float(fitness(np.array(results).reshape(1, -1))[0])
-            stop = stopper(epoch=epoch, fitness=fi)
-            if fi > best_fitness:
-                best_fitness = fi
-            write_results_row(s.save_dir / "results.csv", [epoch, *mloss.tolist(), *results, *lr])
-            if not opt.nosave or final_epoch:
-                ckpt = {"epoch": epoch, "best_fitness": best_fitness, "model": deepcopy(de_parallel(model)).half(),
-                        "ema": deepcopy(ema.ema).half(), "updates": ema.updates,
-                        "optimizer": optimizer.state_dict(), "opt": _plain(vars(opt)), "git": git_info(),
-                        "date": datetime.now().isoformat()}
-                save_checkpoint(ckpt, last)
-                if best_fitness == fi:
-                    save_checkpoint(ckpt, best)
-                if opt.save_period > 0 and epoch % opt.save_period == 0:
-                    save_checkpoint(ckpt, w / f"epoch{epoch}.pt")
-                del ckpt
+            stop = end_epoch(s, epoch, model, ema, optimizer, opt, mloss, lr)
         if RANK != -1:  # every rank stops together
             flag = [stop if RANK == 0 else None]
             dist.broadcast_object_list(flag, 0)
@@ -322,27 +320,99 @@ def train(hyp, opt, device):
 
     if RANK in (-1, 0):
         LOGGER.info(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-        results = final_validation(last, best, data, s, opt, is_coco, compute_loss, results)
+        s.results = final_validation(s, opt)
         if s.plots:
             plot_results(file=s.save_dir / "results.csv")
         LOGGER.info(f"Results saved to {colorstr('bold', s.save_dir)}")
-    return results
+    return s.results
 
 
-def final_validation(last, best, data, s, opt, is_coco, compute_loss, results):
-    """Strip the optimizer from last.pt and best.pt, then validate best.pt with plots."""
-    for f in (last, best):
+def build_optimizer(s, model, opt, hyp, ckpt):
+    """Three-group optimizer (weight decay scaled to the nominal batch 64), LR lambda and scheduler, EMA; on
+    --resume their state from the checkpoint. Returns (optimizer, lf, scheduler, ema or None, start_epoch)."""
+    s.nbs = 64  # nominal batch size
+    s.accumulate = max(round(s.nbs / s.batch_size), 1)
+    hyp["weight_decay"] *= s.batch_size * s.accumulate / s.nbs
+    optimizer = smart_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    lf = lr_lambda(opt.cos_lr, hyp["lrf"], s.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    ema = ModelEMA(model) if RANK in (-1, 0) else None
+    s.best_fitness, start_epoch = 0.0, 0
+    if opt.resume and ckpt is not None:
+        s.best_fitness, start_epoch, s.epochs = smart_resume(ckpt, optimizer, ema, opt.weights, s.epochs, True)
+    return optimizer, lf, scheduler, ema, start_epoch
+
+
+def set_model_attributes(s, m, hyp, dataset, opt):
+    """Scale the loss gains (levels, classes, image size) and attach nc, hyp, names and class weights to the
+    (de-parallelised) model m, as checkpoints and the loss expect them. Returns m."""
+    scale_hyp(hyp, m.model[-1].nl, s.nc, s.imgsz, opt.label_smoothing)
+    m.nc, m.hyp, m.names = s.nc, hyp, s.names
+    m.class_weights = labels_to_class_weights(dataset.labels, s.nc).to(s.device) * s.nc
+    s.class_weights = m.class_weights
+    return m
+
+
+def wrap_parallel(model, opt, device):
+    """SyncBatchNorm (CUDA DDP only) and the DistributedDataParallel wrapper when launched by torch.distributed."""
+    if opt.sync_bn and device.type == "cuda" and RANK != -1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
+        LOGGER.info("Using SyncBatchNorm()")
+    elif opt.sync_bn:
+        LOGGER.warning("WARNING: --sync-bn needs multi-process training on CUDA devices; ignoring it")
+    if RANK != -1:  # static_graph: every parameter is used in every step (frozen ones have no grad at all)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[LOCAL_RANK] if device.type == "cuda" else None, static_graph=True)
+    return model
+
+
+def end_epoch(s, epoch, model, ema, optimizer, opt, mloss, lr) -> bool:
+    """Rank 0 after each epoch: validate the EMA, append results.csv, save last/best/epochN.pt. True = stop early."""
+    ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
+    final_epoch = epoch + 1 == s.epochs or s.stopper.possible_stop
+    if not opt.noval or final_epoch:
+        s.results, s.maps, _ = validate.run(
+            s.data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, half=s.amp, model=ema.ema,
+            single_cls=opt.single_cls, dataloader=s.val_loader, save_dir=s.save_dir, plots=False,
+            compute_loss=s.compute_loss)
+    fi = float(fitness(np.array(s.results).reshape(1, -1))[0])  # 0.1 mAP50 + 0.9 mAP50-95
+    stop = s.stopper(epoch=epoch, fitness=fi)
+    s.best_fitness = max(s.best_fitness, fi)
+    write_results_row(s.save_dir / "results.csv", [epoch, *mloss.tolist(), *s.results, *lr])
+    if not opt.nosave or (final_epoch and not opt.evolve):
+        ckpt = {"epoch": epoch, "best_fitness": s.best_fitness, "model": deepcopy(de_parallel(model)).half(),
+                "ema": deepcopy(ema.ema).half(), "updates": ema.updates,
+                "optimizer": optimizer.state_dict(), "opt": _plain(vars(opt)), "git": git_info(),
+                "date": datetime.now().isoformat()}
+        save_checkpoint(ckpt, s.last)
+        if s.best_fitness == fi:  # ties count: YOLOv5 rewrites best.pt when fitness equals the best so far
+            save_checkpoint(ckpt, s.best)
+        if opt.save_period > 0 and epoch % opt.save_period == 0:
+            save_checkpoint(ckpt, s.w / f"epoch{epoch}.pt")
+    return stop
+
+
+def final_validation(s, opt):
+    """Strip the optimizer from last.pt and best.pt, then validate best.pt with plots; returns its results."""
+    results = s.results
+    for f in (s.last, s.best):
         if not f.exists():
             continue
         strip_optimizer(f)
-        if f is best:
+        if f is s.best:
             LOGGER.info(f"\nValidating {f}...")
             results, _, _ = validate.run(
-                data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, model=attempt_load(f),
-                iou_thres=0.65 if is_coco else 0.60, single_cls=opt.single_cls,
-                dataloader=s.val_loader, save_dir=s.save_dir,
-                save_json=is_coco, verbose=True, plots=s.plots, compute_loss=compute_loss)
+                s.data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, model=attempt_load(f, s.device),
+                iou_thres=0.65 if s.is_coco else 0.60, single_cls=opt.single_cls, dataloader=s.val_loader,
+                save_dir=s.save_dir, save_json=s.is_coco, verbose=True, plots=s.plots, compute_loss=s.compute_loss)
     return results
+
+
+def remove_stale_temps(weights_dir: Path) -> None:
+    """Delete temporary checkpoint files a killed run left behind (atomic saves write '.<name>.*.tmp' first)."""
+    for f in Path(weights_dir).glob(".*.pt.*.tmp"):
+        LOGGER.info(f"Removing {f}, an unfinished checkpoint save of the interrupted run")
+        f.unlink(missing_ok=True)
 
 
 class _NoScaler:
@@ -406,6 +476,8 @@ def parse_opt(argv=None):
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP (read from $LOCAL_RANK)")
     p.add_argument("--trust-weights", action="store_true", help="allow legacy pickled checkpoints you trust")
+    p.add_argument("--backbone-weights", type=str, default="",
+                   help="torchvision ShuffleNetV2 ImageNet .pth for the backbone of a models/shufflenetv2 config")
     for flag in ("--entity", "--upload_dataset", "--bbox_interval", "--artifact_alias"):  # W&B: accepted, unused
         p.add_argument(flag, default=None, help=argparse.SUPPRESS, nargs="?")
     return p.parse_args(argv)
@@ -422,6 +494,8 @@ def resolve_resume(opt):
     new = argparse.Namespace(**{**vars(opt), **saved})
     new.cfg, new.weights, new.resume = "", str(last), True
     new.trust_weights = opt.trust_weights
+    if last.parent.name == "weights":  # continue where the checkpoint is, even if the run folder was moved
+        new.save_dir = str(last.parent.parent)
     return new
 
 
@@ -435,12 +509,16 @@ def newest_last_pt(search_dir="."):
 
 def main(opt):
     set_logging(rank=RANK)
+    if opt.resume and getattr(opt, "backbone_weights", ""):
+        raise ValueError("--backbone-weights cannot be combined with --resume: the checkpoint being resumed "
+                         "already holds the trained backbone")
     if opt.resume and not opt.evolve:
         opt = resolve_resume(opt)
     else:
         if not opt.cfg and not opt.weights:
             opt.cfg = "yolov5n_shuffle.yaml"
-        opt.data, opt.hyp = check_yaml(opt.data), check_yaml(opt.hyp)
+        opt.data = check_yaml(opt.data)
+        opt.hyp = opt.hyp if isinstance(opt.hyp, dict) else check_yaml(opt.hyp)  # train.run(hyp={...}) works too
         opt.cfg = check_yaml(opt.cfg) if opt.cfg else ""
         opt.weights = str(opt.weights)
         if opt.evolve and str(opt.project) == str(ROOT / "runs/train"):

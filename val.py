@@ -79,7 +79,7 @@ def load_model(weights, device, data, half, trust_weights=False):
     """Load weights for validation (PyTorch checkpoints, or exported files through the multi-backend loader)."""
     from models.experimental import attempt_load
     w = weights[0] if isinstance(weights, (list, tuple)) and len(weights) == 1 else weights
-    if isinstance(w, (str, Path)) and Path(w).suffix not in (".pt", ".pth", ""):
+    if isinstance(w, (str, Path)) and (Path(w).suffix not in (".pt", ".pth", "") or Path(w).is_dir()):
         from models.backends import DetectMultiBackend  # exported formats (issue: export)
         return DetectMultiBackend(w, device=device, data=data, fp16=half)
     model = attempt_load(w, device=device, trust=trust_weights)
@@ -320,5 +320,5 @@ def main(opt):
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (ValueError, FileNotFoundError, UntrustedCheckpointError) as err:
+    except (ValueError, OSError, UntrustedCheckpointError) as err:  # OSError: disk full, unwritable run folder
         sys.exit(f"ERROR: {err}")

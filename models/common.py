@@ -32,6 +32,24 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+def interleave_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """channel_shuffle(cat((a, b), 1), 2) in a single copy: output channels a0, b0, a1, b1, ... (a, b: (n, c, h, w)).
+
+    cat + shuffle copies the activations twice; stacking on a new axis right after the channel axis writes the
+    interleaved result directly. Channels-last inputs are stacked on the last axis of their NHWC view instead,
+    so the result stays channels-last (a reshape of the NCHW-ordered stack would copy it back to NCHW).
+    """
+    if _is_channels_last(a) and _is_channels_last(b):
+        y = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), 4)  # (n, h, w, c, 2)
+        return y.flatten(3).permute(0, 3, 1, 2)
+    return torch.stack((a, b), 2).flatten(1, 2)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Channels are the fastest-moving axis (a channels-last tensor, or a channel slice of one)."""
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) -> BatchNorm2d -> activation (SiLU by default). After fuse(): conv (with bias) -> act."""
 
@@ -185,9 +203,24 @@ class Conv_maxpool(nn.Module):
     def forward(self, x):
         return self.maxpool(self.conv(x))
 
+    def forward_fuse(self, x):
+        """Inference: the same values, computed channels-last; the output keeps the input's memory format.
+
+        PyTorch's NCHW max-pool kernel (it also computes argmax indices) is several times slower than its
+        channels-last one, and this pool runs at stride 2, the largest feature map of the network. The conv weight
+        is channels-last after fuse(), so the conv already writes NHWC. ReLU commutes with max, so it runs on the
+        pooled (4x smaller) map.
+        """
+        conv, _, relu = self.conv  # after fuse(): conv (with folded BN), identity, ReLU
+        y = relu(self.maxpool(conv(x)))
+        return y if _is_channels_last(x) else y.contiguous()
+
     def fuse(self) -> None:
         """Fold the BN into the conv; the Sequential keeps its indices (0 conv, 1 identity, 2 relu)."""
         _fuse_sequential(self.conv)
+        conv = self.conv[0]
+        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+        self.forward = self.forward_fuse
 
 
 class ShuffleNetV2_InvertedResidual(nn.Module):
@@ -242,6 +275,13 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
             out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
         return self.channel_shuffle(out, 2)
 
+    def forward_fuse(self, x):
+        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy."""
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return interleave_channels(x1, self.branch2(x2))
+        return interleave_channels(self.branch1(x), self.branch2(x))
+
     @staticmethod
     def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         """The seed calls the shuffle as a method; it is the module-level channel_shuffle."""
@@ -251,6 +291,7 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
         """Fold every BN into the conv before it; Sequential indices (and so state_dict keys) stay put."""
         _fuse_sequential(self.branch1)
         _fuse_sequential(self.branch2)
+        self.forward = self.forward_fuse
 
 
 def _fuse_sequential(seq: nn.Sequential) -> None:

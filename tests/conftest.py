@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny test models: one thread beats two, and leaves a core for data workers
 
 
 def pytest_collection_modifyitems(config, items):

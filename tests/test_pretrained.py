@@ -19,6 +19,15 @@ WIDTHS = {"x0_5": [48, 96, 192], "x1_0": [116, 232, 464], "x1_5": [176, 352, 704
 FEATURE_LAYERS = (2, 4, 6)  # our outputs of stage2, stage3, stage4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second thread only adds sync waits (7x slower on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def torchvision_net(size: str, seed: int = 0) -> torch.nn.Module:
     """A torchvision ShuffleNetV2 with random weights (weights=None: nothing is downloaded) and random BN stats."""
     torch.manual_seed(seed)

@@ -78,14 +78,17 @@ def load_checkpoint(path: Union[str, Path], trust: bool = False, map_location="c
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found. This project never downloads weights; pass the "
                                 f"path of a local .pt file (or --weights '' to train from scratch)")
+    if not _is_torch_file(path):
+        raise _unreadable(path, "neither a zip archive nor a pickle stream")
     try:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # bytes no pickler writes: damage, not an unsafe object
+            raise _unreadable(path, "invalid pickle data") from None
         reason = _unsafe_reason(e)
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}). The file may be "
-                         f"truncated or corrupt; restore it or use another weights file") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from None
     _refuse_foreign(path, reason)
     if not (trust or trusted_by_env()):
         raise UntrustedCheckpointError(
@@ -97,10 +100,26 @@ def load_checkpoint(path: Union[str, Path], trust: bool = False, map_location="c
         _warned_trust = True
     try:
         return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_AliasPickleModule)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from None
     except ModuleNotFoundError as e:
         _refuse_foreign(path, str(e))
         raise ValueError(f"{path}: the checkpoint needs Python module '{e.name}', which this project does not "
                          f"have; it was not made by YOLOv5 or this project") from None
+
+
+def _is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (before torch 1.6: a pickle stream, which starts with the PROTO opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _unreadable(path: Path, why: str) -> ValueError:
+    why = " ".join(why.split())[:300]  # one line, short: torch's messages can run to paragraphs
+    return ValueError(f"{path}: not a readable PyTorch checkpoint ({why}). The file may be truncated or corrupt; "
+                      f"restore it or use another weights file")
 
 
 def _unsafe_reason(e: Exception) -> str:
@@ -118,9 +137,46 @@ def _refuse_foreign(path, reason: str) -> None:
                          f"or export that one to ONNX with its own tools") from None
 
 
+class _WriteErrors:
+    """A file wrapper that remembers the first OSError of write(): torch.save turns a failed write (disk full,
+    quota) into an opaque RuntimeError ('unexpected pos ...'), and the real cause is what users need to see."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(ckpt: dict, f) -> None:
+    tracked = _WriteErrors(f)
+    try:
+        torch.save(ckpt, tracked)
+    except RuntimeError:
+        if tracked.error is None:
+            raise
+        raise tracked.error from None
+
+
 def save_checkpoint(ckpt: dict, path: Union[str, Path]) -> None:
-    """torch.save to a temporary file, then rename: an interrupted save never corrupts `path`."""
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    """torch.save to a temporary file, then rename: an interrupted or failed save never corrupts `path`.
+
+    Raises OSError naming the file and the cause (e.g. 'No space left on device') when it cannot be written.
+    """
+    try:
+        atomic_write(path, lambda f: _torch_save(ckpt, f))
+    except OSError as e:
+        err = OSError(f"{path}: checkpoint not saved ({e.strerror or e}); free some disk space or choose another "
+                      f"--project. The previous {Path(path).name}, if any, is unchanged")
+        err.errno = e.errno
+        raise err from None
 
 
 def strip_optimizer(f: Union[str, Path] = "best.pt", s: str = "") -> None:

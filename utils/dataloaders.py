@@ -384,7 +384,11 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       cache_images=cache, single_cls=single_cls, stride=int(stride), pad=pad,
                                       image_weights=image_weights, min_items=min_items, prefix=prefix)
-    batch_size = min(batch_size, len(dataset))
+    if batch_size > len(dataset):
+        log = LOGGER.warning if augment else LOGGER.info  # training batches (and accumulation) change; val's do not
+        log(f"{prefix}{'WARNING ⚠️ ' if augment else ''}batch size {batch_size} is larger than the {len(dataset)} "
+            f"images of {path}; using {len(dataset)}")
+        batch_size = len(dataset)
     nd = torch.cuda.device_count()
     nw = min(os.cpu_count() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)

@@ -14,9 +14,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from utils.logger import LOGGER
+
 IMG_FORMATS = "bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm"  # image suffixes
 VID_FORMATS = "asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv"  # video suffixes
 ORIENTATION = 274  # EXIF tag id of 'Orientation'
+COMPANION_FORMATS = "txt", "cache", "npy", "json", "xml", "yaml", "yml", "csv", "md"  # kept beside images: not reported
 
 PathLike = Union[str, Path]
 
@@ -75,11 +78,20 @@ def list_image_files(path: Union[PathLike, Sequence[PathLike]], prefix: str = ""
         else:
             raise FileNotFoundError(f"{prefix}{p} does not exist (expected a folder of images or a .txt list)")
     images = sorted(x.replace("/", os.sep) for x in files if has_image_suffix(x))
+    _report_ignored(files, path, prefix)
     if not images:
         hint = "".join(_no_images_hint(Path(p)) for p in (path if isinstance(path, (list, tuple)) else [path]))
         raise FileNotFoundError(f"{prefix}no images found in {path}. Accepted suffixes: {', '.join(IMG_FORMATS)}."
                                 f"{hint}")
     return images, last
+
+
+def _report_ignored(files: list, path, prefix: str) -> None:
+    """One warning for files a split lists that are skipped because their suffix is not an image format."""
+    ignored = sorted(x for x in files if not has_image_suffix(x) and x.split(".")[-1].lower() not in COMPANION_FORMATS)
+    if ignored and int(os.getenv("RANK", -1)) in (-1, 0):
+        LOGGER.warning(f"{prefix}WARNING ⚠️ {len(ignored)} files in {path} are not images by their suffix and are "
+                       f"ignored, e.g. {ignored[0]} (accepted suffixes: {', '.join(IMG_FORMATS)})")
 
 
 def cache_path_for(source: Path, label_files: Sequence[str]) -> Path:

@@ -45,8 +45,10 @@ def yaml_load(file: Union[str, Path]) -> dict:
     try:
         with open(file, errors="ignore") as f:
             data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{file}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: the position and the problem (PyYAML's text spans several lines)
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{file}: not valid YAML{where}: {problem or ' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -70,6 +72,9 @@ def atomic_write(file: Union[str, Path], writer: Callable[[Any], None], mode: st
     fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            umask = os.umask(0o022)  # mkstemp makes 0600 files; give the result the usual open() permissions
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             writer(f)
             f.flush()
             os.fsync(f.fileno())
@@ -89,6 +94,24 @@ def increment_path(path: Union[str, Path], exist_ok: bool = False, sep: str = ""
         while Path(f"{stem}{sep}{n}{suffix}").exists():
             n += 1
         path = Path(f"{stem}{sep}{n}{suffix}")
+    check_creatable(path)
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_creatable(path: Union[str, Path]) -> None:
+    """Raise ValueError when `path` (a run folder or a file in one) cannot be created: the nearest existing part
+    of it is a file, or a folder this process may not write to. Checked up front, so a run fails in one line."""
+    path = Path(path)
+    p = path
+    while not p.exists() and p.parent != p:  # exists() is False for 'a/file.txt/sub' too
+        p = p.parent
+    if p == path and not path.is_dir():
+        return  # an existing file: the caller increments or overwrites it
+    if not p.is_dir():
+        raise ValueError(f"{path}: cannot be created because {p} is a file, not a folder; "
+                         f"choose another --project/--name")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot be created because the folder {p} is not writable; "
+                         f"choose another --project/--name")

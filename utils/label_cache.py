@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from utils.dataset_scan import has_image_suffix
 from utils.files import atomic_write
 from utils.label_check import LabelCheck, verify_image_label
 from utils.logger import LOGGER
@@ -79,12 +80,17 @@ def _orphan_labels(im_files: Sequence[str], label_files: Sequence[str], prefix: 
     expected = set(label_files)
     msgs = []
     # only folders the images -> labels rule produced: labels beside their images share a folder with other files
-    folders = {os.path.dirname(lf) for im, lf in zip(im_files, label_files)
+    folders = {os.path.dirname(lf): os.path.dirname(im) for im, lf in zip(im_files, label_files)
                if os.path.dirname(lf) != os.path.dirname(im)}
-    for d in sorted(folders):
+    for d, image_dir in sorted(folders.items()):
         if not os.path.isdir(d):
             continue
-        orphans = sorted(set(glob.glob(os.path.join(d, "*.txt"))) - expected)
+        unused = set(glob.glob(os.path.join(d, "*.txt"))) - expected
+        if not unused:
+            continue
+        # a label whose image exists belongs to another split listed from the same folders (train.txt / val.txt)
+        stems = {Path(f).stem for f in glob.glob(os.path.join(image_dir, "*.*")) if has_image_suffix(f)}
+        orphans = sorted(f for f in unused if Path(f).stem not in stems)
         if orphans:
             msgs.append(f"{prefix}WARNING ⚠️ {len(orphans)} label files in {d} have no matching image and are "
                         f"ignored, e.g. {orphans[0]}")

@@ -69,6 +69,10 @@ class LoadImages:
         if not images and not videos:
             raise FileNotFoundError(f"No images or videos found in {path}. Supported formats are: images "
                                     f"{', '.join(IMG_FORMATS)}; videos {', '.join(VID_FORMATS)}")
+        other = [x for x in files if _suffix(x) not in IMG_FORMATS + VID_FORMATS]
+        if other:
+            LOGGER.warning(f"WARNING ⚠️ {len(other)} files in {path} are neither images nor videos by their suffix "
+                           f"and are skipped, e.g. {other[0]}")
         self.img_size, self.stride, self.auto, self.transforms = img_size, stride, auto, transforms
         self.vid_stride = max(int(vid_stride), 1)
         self.files = images + videos

@@ -141,7 +141,8 @@ def _check_shapes(sd: StateDict, stem, stages, name: str, cfg: str) -> None:
     """Stem and stage widths, then units per stage, of the file against the model, with a clear message."""
     file_widths = [_stage_width(sd, s) for s in STAGES]
     hint = TORCHVISION_WIDTHS.get(tuple(file_widths))
-    fix = (f"use a config with torchvision's widths, e.g. {_EXAMPLE_CFG.format(hint)}" if hint else
+    example = _EXAMPLE_CFG.replace("yolov5s", "yolov5n") if cfg.startswith("yolov5n") else _EXAMPLE_CFG
+    fix = (f"use a config with torchvision's widths, e.g. {example.format(hint)}" if hint else
            f"use a copy of {_EXAMPLE_CFG.format('x1_0')} with the file's stage widths {file_widths}")
     if len(stages) != len(STAGES):
         raise ValueError(f"{name}: the file has {len(STAGES)} stages (strides 8, 16, 32) but {cfg} has "

@@ -25,8 +25,11 @@ RESULT_KEYS = ("epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "m
 
 
 def load_hyp(file) -> dict:
-    """Read a hyperparameter yaml: unknown keys are an error, missing ones take YOLOv5's scratch-low values."""
-    hyp = yaml_load(file)
+    """Read a hyperparameter yaml (or take a dict, as opt.yaml stores it for --resume): unknown keys are an error,
+    missing ones take YOLOv5's scratch-low values."""
+    hyp = dict(file) if isinstance(file, dict) else yaml_load(file)
+    if isinstance(file, dict):
+        file = "the run's saved hyperparameters (opt.yaml 'hyp')"
     unknown = sorted(k for k in hyp if k not in HYP_KEYS)
     if unknown:
         raise ValueError(f"{file}: unknown hyperparameter(s) {', '.join(unknown)}. Valid keys: {', '.join(HYP_KEYS)}")

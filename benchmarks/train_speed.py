@@ -1,0 +1,139 @@
+"""Training speed benchmark: seconds per epoch and peak memory for yolov5n and yolov5n_shuffle on the built-in data.
+
+    python benchmarks/train_speed.py                                 # both models, --img 320, 3 epochs, batch 16
+    python benchmarks/train_speed.py --cfg yolov5n_shuffle.yaml --img 320 --epochs 2 --workers 2
+
+Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
+epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
+split into training and validation+checkpoint time, the main process's peak RSS and the peak PSS of the whole
+process tree (main + dataloader workers, sampled every 0.1 s; PSS counts memory shared after fork once). The load
+average is printed because the numbers are only comparable on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "TRAIN_SPEED_JSON "
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Proportional set size (MB) of pid plus all its descendants, from /proc (Linux). PSS splits pages shared
+    with forked dataloader workers among them, so the sum is the memory the run really occupies."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+class PeakSampler(threading.Thread):
+    """Background thread keeping the maximum of tree_pss_mb(this process)."""
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.interval, self.peak, self.running = interval, 0.0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, tree_pss_mb(os.getpid()))
+            time.sleep(self.interval)
+
+
+def child(opt) -> None:
+    """Train one model with timing hooks around train.py's epoch steps; print one JSON line."""
+    sys.path.insert(0, str(ROOT))
+    import train
+
+    times = {"train": [], "end": []}
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            times[key].append(time.perf_counter() - t)
+            return out
+        return wrapper
+
+    train.train_one_epoch = timed(train.train_one_epoch, "train")
+    train.end_epoch = timed(train.end_epoch, "end")
+    sampler = PeakSampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as project:
+        train.run(cfg=opt.cfg, data=opt.data, imgsz=opt.imgsz, epochs=opt.epochs, batch_size=opt.batch_size,
+                  workers=opt.workers, project=project, noplots=True, device="cpu", seed=0)
+    sampler.running = False
+    sampler.join()
+    print(MARK + json.dumps({
+        "cfg": opt.cfg, "train_s": times["train"], "val_save_s": times["end"], "total_s": time.perf_counter() - t0,
+        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pss_tree_mb": sampler.peak,
+        "threads": __import__("torch").get_num_threads()}), flush=True)
+
+
+def median(x: list) -> float:
+    x = sorted(x)
+    return x[len(x) // 2] if len(x) % 2 else (x[len(x) // 2 - 1] + x[len(x) // 2]) / 2
+
+
+def parent(opt) -> None:
+    """Run one child per model and print a table."""
+    rows = []
+    for cfg in opt.cfg:
+        load0 = os.getloadavg()[0]
+        cmd = [sys.executable, __file__, "--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz),
+               "--epochs", str(opt.epochs), "--batch-size", str(opt.batch_size), "--workers", str(opt.workers)]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = next((x for x in p.stdout.splitlines() if x.startswith(MARK)), None)
+        if p.returncode or line is None:
+            sys.exit(f"{cfg}: benchmark run failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        r = json.loads(line[len(MARK):])
+        r["load"] = (load0, os.getloadavg()[0])
+        rows.append(r)
+    print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
+          f"--data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
+    print(("%-22s" + "%12s" * 7) % ("model", "epoch1 s", "train s/ep", "val s/ep", "total s/ep", "RSS MB",
+                                     "tree PSS MB", "load avg"))
+    for r in rows:
+        later = slice(1, None) if len(r["train_s"]) > 1 else slice(None)
+        tr, va = median(r["train_s"][later]), median(r["val_save_s"][later])
+        print(("%-22s" + "%12.1f" * 6 + "%12s") % (
+            Path(r["cfg"]).stem, r["train_s"][0] + r["val_save_s"][0], tr, va, tr + va, r["rss_main_mb"],
+            r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
+
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", nargs="+", default=["yolov5n.yaml", "yolov5n_shuffle.yaml"], help="model yaml(s)")
+    p.add_argument("--data", default="shapes.yaml", help="dataset yaml (default: the built-in shapes dataset)")
+    p.add_argument("--imgsz", "--img", type=int, default=320)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per model (the first one is reported apart)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=8, help="dataloader workers (capped by the CPU count)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    o = parse_opt()
+    if o.child:
+        o.cfg = o.cfg[0]
+        child(o)
+    else:
+        parent(o)

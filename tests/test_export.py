@@ -1,0 +1,279 @@
+"""export.py and DetectMultiBackend: TorchScript/ONNX (and OpenVINO/ncnn when installed) match PyTorch, detect.py and
+val.py give the same detections on every exported file, fused == unfused, and missing packages cost one line."""
+
+import json
+import subprocess
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import detect
+import export
+import val
+from detect_helpers import (NAMES, assert_same_detections, captured_log, lively_model, read_rows, rows_to_xyxy,
+                            save_own)
+from models.backends import DetectMultiBackend, MissingRuntime
+from models.yolo import DetectionModel
+
+ROOT = Path(__file__).resolve().parents[1]
+CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml")  # a stock and a shuffle config
+SHAPES = ((1, 64, 64), (2, 64, 64), (2, 96, 64), (1, 64, 128))  # (batch, h, w) for dynamic exports
+# Box coordinates are in input pixels (up to 128 here). ONNX Runtime's sigmoid/SiLU kernels differ from PyTorch's in
+# the last bits; through a whole network that is up to ~0.01 px, far below what NMS or a rounded box can see.
+TOL = {"atol": 2e-2, "rtol": 1e-3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_dataset(root: Path, n: int = 4) -> Path:
+    """n small images with shapes on noise, YOLO labels beside them, and a dataset yaml; -> the yaml path."""
+    rng = np.random.default_rng(0)
+    for d in ("images", "labels"):
+        (root / d).mkdir(parents=True)
+    for i in range(n):
+        h, w = (64, 96) if i % 2 else (64, 64)
+        im = (rng.integers(0, 60, (h, w, 3)) + 90).astype(np.uint8)
+        cv2.circle(im, (w // 3, h // 2), h // 4, (0, 0, 255), -1)
+        cv2.rectangle(im, (w // 2, h // 6), (w - 4, h // 2 + 6 * i), (255, 0, 0), -1)
+        cv2.imwrite(str(root / "images" / f"{i:03d}.png"), im)
+        rows = [f"0 {w / 3 / w:.6f} 0.5 {h / 2 / w:.6f} 0.5", f"1 {(w / 2 + w - 4) / 2 / w:.6f} "
+                f"{(h / 6 + h / 2 + 6 * i) / 2 / h:.6f} {(w / 2 - 4) / w:.6f} {(h / 2 + 6 * i - h / 6) / h:.6f}"]
+        (root / "labels" / f"{i:03d}.txt").write_text("\n".join(rows) + "\n")
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images",
+                                                    "names": dict(NAMES)}))
+    return root / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("exportdata"))
+
+
+@pytest.fixture(scope="module")
+def models(data):
+    files = sorted((data.parent / "images").glob("*.png"))
+    return {cfg: lively_model(cfg, files) for cfg in CFGS}
+
+
+@pytest.fixture(scope="module")
+def dynamic_exports(models, tmp_path_factory):
+    """Per config: the .pt and its --dynamic TorchScript and ONNX exports (one export run per config)."""
+    out = {}
+    for cfg, model in models.items():
+        w = save_own(model, tmp_path_factory.mktemp("dyn") / f"{Path(cfg).stem}.pt")
+        files = export.run(weights=str(w), imgsz=(64, 64), include=["torchscript", "onnx"], dynamic=True)
+        out[cfg] = {"pt": w, "torchscript": files[0], "onnx": files[1]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def static_onnx(models, tmp_path_factory):
+    """The shuffle model exported as YOLOv5 does by default: fixed (1, 3, 64, 64) input."""
+    w = save_own(models[CFGS[1]], tmp_path_factory.mktemp("static") / "shuffle.pt")
+    return w, export.run(weights=str(w), imgsz=[64], include=["onnx"])[0]
+
+
+def reference(pt: Path, x: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's PyTorch output (fused, eval) for x."""
+    with torch.inference_mode():
+        return DetectMultiBackend(pt)(x)[0]
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_dynamic_exports_match_pytorch_at_any_batch_and_size(dynamic_exports, cfg):
+    files = dynamic_exports[cfg]
+    torch.manual_seed(0)
+    for fmt in ("torchscript", "onnx"):
+        backend = DetectMultiBackend(files[fmt])
+        assert backend.names == NAMES and backend.nc == 3 and int(backend.stride.max()) == 32
+        assert not backend.pt and not backend.batch_one_only
+        for b, h, w in SHAPES:
+            x = torch.rand(b, 3, h, w)
+            y, ref = backend(x)[0], reference(files["pt"], x)
+            assert y.shape == ref.shape == (b, 3 * (h * w // 64 + h * w // 256 + h * w // 1024), 8)
+            torch.testing.assert_close(y, ref, **TOL, msg=f"{fmt} {cfg} at {(b, h, w)}")
+
+
+def test_file_contracts(dynamic_exports, static_onnx):
+    onnx = pytest.importorskip("onnx")
+    files = dynamic_exports[CFGS[1]]
+    extra = {"config.txt": ""}
+    torch.jit.load(str(files["torchscript"]), _extra_files=extra)
+    assert json.loads(extra["config.txt"]) == {"shape": [1, 3, 64, 64], "stride": 32,
+                                               "names": {str(k): v for k, v in NAMES.items()}}
+    for f, dims in ((files["onnx"], ["batch", 3, "height", "width"]), (static_onnx[1], [1, 3, 64, 64])):
+        proto = onnx.load(str(f))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta == {"stride": "32", "names": str(NAMES)}
+        assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["output0"]
+        shape = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert shape == dims
+        assert proto.opset_import[0].version == 12
+    assert not list(f.parent.glob(".*"))  # no temporary files left behind
+
+
+def test_static_onnx_is_batch_one_and_names_wrong_sizes(static_onnx):
+    pt, f = static_onnx
+    backend = DetectMultiBackend(f)
+    assert backend.batch_one_only and backend.fixed_shape == (1, 3, 64, 64)
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(backend(x)[0], reference(pt, x), **TOL)
+    with pytest.raises(ValueError, match=r"exported for input shape \(1, 3, 64, 64\).*--imgsz 64 64.*--dynamic"):
+        backend(torch.rand(1, 3, 96, 64))
+
+
+def _detect_rows(weights, source: Path, tmp_path: Path, name: str) -> dict:
+    save_dir = detect.run(weights=str(weights), source=str(source), imgsz=(64, 64), project=tmp_path, name=name,
+                          save_txt=True, save_conf=True, nosave=True)
+    return {p.stem: rows_to_xyxy(read_rows(p), cv2.imread(str(source / f"{p.stem}.png")).shape)
+            for p in sorted((save_dir / "labels").glob("*.txt"))}
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_detect_gives_the_same_detections_on_exported_files(dynamic_exports, static_onnx, data, tmp_path, cfg):
+    files = dynamic_exports[cfg]
+    source = data.parent / "images"
+    ref = _detect_rows(files["pt"], source, tmp_path, "pt")
+    assert ref, "the test model should detect something"
+    others = [files["torchscript"], files["onnx"]] + ([static_onnx[1]] if cfg == CFGS[1] else [])
+    for i, f in enumerate(others):
+        rows = _detect_rows(f, source, tmp_path, f"exp{i}")
+        assert rows.keys() == ref.keys(), f
+        for k in ref:
+            assert_same_detections(rows[k], ref[k], px=1.0, conf=1e-3)  # boxes are rounded to whole pixels
+
+
+def _val(weights, data, tmp_path, name, **kw):
+    """val.run's (P, R, mAP50, mAP50-95) and its saved detections per image as (n, 6) [xyxy px, conf, cls].
+
+    conf 0.05 instead of 0.001 keeps the comparison away from the max-det cut, where detections of equal
+    confidence may be ordered differently by backends that differ in the last float bits."""
+    kw = {"imgsz": 64, "batch_size": 2, "workers": 0, "plots": False, "save_txt": True, "save_conf": True,
+          "conf_thres": 0.05, **kw}
+    metrics = val.run(data=str(data), weights=str(weights), project=tmp_path, name=name, **kw)[0][:4]
+    images = data.parent / "images"
+    labels = {p.stem: rows_to_xyxy(read_rows(p), cv2.imread(str(images / f"{p.stem}.png")).shape)
+              for p in sorted((tmp_path / name / "labels").glob("*.txt"))}
+    return np.array(metrics), labels
+
+
+def _same_val(a, b):
+    np.testing.assert_allclose(a[0], b[0], atol=1e-3)
+    assert a[1].keys() == b[1].keys() and a[1]
+    for k in a[1]:
+        assert_same_detections(a[1][k], b[1][k], px=0.05, conf=1e-3)
+
+
+def test_val_gives_the_same_results_on_exported_files(dynamic_exports, static_onnx, data, tmp_path):
+    files = dynamic_exports[CFGS[1]]
+    ref = _val(files["pt"], data, tmp_path, "pt")
+    assert ref[0][2] > 0, "the test model should find some labels"
+    for fmt in ("torchscript", "onnx"):  # rect batches of 2, as for .pt
+        _same_val(_val(files[fmt], data, tmp_path, fmt), ref)
+    # A fixed-shape export runs batch 1 on square images: compare with the .pt on square images too.
+    square = _val(static_onnx[0], data, tmp_path, "pt_square", task="speed")
+    with captured_log() as log:
+        _same_val(_val(static_onnx[1], data, tmp_path, "static", task="speed"), square)
+    assert any("Forcing --batch-size 1" in m for m in log)
+
+
+@pytest.mark.parametrize("cfg", CFGS)
+def test_fused_matches_unfused_and_keeps_the_checkpoint_format(cfg):
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=3)
+    for m in model.modules():  # non-trivial BN statistics, so fusing has something to fold
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    fused = deepcopy(model).fuse()
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes  # the unfused model is untouched
+    for b, h, w in ((1, 64, 64), (2, 96, 64)):
+        x = torch.rand(b, 3, h, w)
+        with torch.no_grad():  # the general (autograd-capable) Detect path
+            y0, raw0 = model(x)
+        with torch.inference_mode():  # fused blocks and the in-place Detect path
+            y1, raw1 = fused(x)
+            y2 = fused(x.contiguous(memory_format=torch.channels_last))[0]
+        torch.testing.assert_close(y1, y0, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(y2, y0, atol=1e-3, rtol=1e-4)
+        for r0, r1 in zip(raw0, raw1):
+            torch.testing.assert_close(r1, r0, atol=1e-4, rtol=1e-4)
+
+
+def _block_import(monkeypatch, *names):
+    """Make `import name` fail as if the package were not installed (a None entry in sys.modules does that)."""
+    for n in names:
+        monkeypatch.setitem(sys.modules, n, None)
+
+
+def test_missing_optional_exporters_cost_one_line_each(models, monkeypatch, tmp_path):
+    w = save_own(models[CFGS[1]], tmp_path / "tiny.pt")
+    _block_import(monkeypatch, "openvino", "pnnx")
+    with captured_log() as log:
+        files = export.run(weights=str(w), imgsz=[64], include=["onnx", "openvino", "ncnn"])
+    assert files == [tmp_path / "tiny.onnx"] and files[0].is_file()
+    for pkg in ("openvino", "pnnx"):
+        lines = [m for m in log if f"pip install {pkg}" in m]
+        assert len(lines) == 1 and "\n" not in lines[0].strip(), lines
+    assert not (tmp_path / "tiny_openvino_model").exists() and not (tmp_path / "tiny_ncnn_model").exists()
+
+
+def test_missing_runtime_is_one_clear_error(static_onnx, monkeypatch):
+    _block_import(monkeypatch, "onnxruntime")
+    with pytest.raises(MissingRuntime, match=r"needs onnxruntime: `pip install onnxruntime`"):
+        DetectMultiBackend(static_onnx[1])
+
+
+def test_unsupported_and_unknown_formats(models, tmp_path):
+    w = save_own(models[CFGS[0]], tmp_path / "tiny.pt")
+    with captured_log() as log:
+        assert export.run(weights=str(w), imgsz=[64], include=["engine", "tflite", "paddle"]) == []
+    for fmt, hint in (("engine", "trtexec"), ("tflite", "onnx2tf"), ("paddle", "x2paddle")):
+        assert sum(m.startswith(f"{fmt}: not supported by this project") and hint in m for m in log) == 1
+    with pytest.raises(ValueError, match=r"--include tensorflow: unknown format. Known: torchscript, onnx"):
+        export.run(weights=str(w), include=["tensorflow"])
+    with pytest.raises(ValueError, match="--half is only compatible with GPU export"):
+        export.run(weights=str(w), include=["onnx"], half=True)
+
+
+def test_cli_defaults_and_error_line(tmp_path):
+    opt = export.parse_opt([])
+    assert (opt.imgsz, opt.batch_size, opt.device, opt.opset, opt.include) == ([640, 640], 1, "cpu", 12, ["torchscript"])
+    assert (opt.topk_per_class, opt.topk_all, opt.iou_thres, opt.conf_thres, opt.workspace) == (100, 100, 0.45, 0.25, 4)
+    proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(tmp_path / "missing.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("ERROR: ") and "missing.pt" in proc.stderr
+
+
+def test_openvino_and_ncnn_match_pytorch_when_installed(models, tmp_path):
+    if not all(_installed(m) for m in ("openvino", "pnnx", "ncnn")):
+        pytest.skip("needs openvino, pnnx and ncnn (pip install openvino pnnx ncnn)")
+    w = save_own(models[CFGS[1]], tmp_path / "tiny.pt")
+    files = export.run(weights=str(w), imgsz=[64], include=["openvino", "ncnn"])
+    assert [f.name for f in files] == ["tiny.onnx", "tiny_openvino_model", "tiny_ncnn_model"]
+    x = torch.rand(1, 3, 64, 64)
+    for f in files[1:]:
+        backend = DetectMultiBackend(f)
+        assert backend.names == NAMES and backend.batch_one_only
+        torch.testing.assert_close(backend(x)[0], reference(w, x), **TOL)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
