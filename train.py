@@ -46,7 +46,7 @@ from utils.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
                                torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
-                               labels_to_image_weights, load_hyp, write_results_row)
+                               labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
 
 # ---------------------------------------------------------------- setup steps
@@ -277,6 +277,8 @@ def train(hyp, opt, device):
     # Optimizer, schedule, EMA, resume
     optimizer, lf, scheduler, ema, start_epoch = build_optimizer(s, model, opt, hyp, ckpt)
     del ckpt
+    if opt.resume and RANK in (-1, 0):
+        trim_results(s.save_dir / "results.csv", start_epoch)
 
     # Data
     train_loader, dataset, s.val_loader = build_loaders(opt, hyp, s.data, s.gs, s.imgsz, s.batch_size)
@@ -526,6 +528,10 @@ def main(opt):
         if opt.name == "cfg":
             opt.name = Path(opt.cfg).stem
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    if opt.epochs < 1:
+        raise ValueError(f"--epochs {opt.epochs}: must be at least 1")
+    if opt.batch_size == 0 or opt.batch_size < -1:
+        raise ValueError(f"--batch-size {opt.batch_size}: must be at least 1 (or -1 for AutoBatch)")
     device = select_device(opt.device, batch_size=opt.batch_size)
     if LOCAL_RANK != -1:
         device = setup_ddp(opt, device)
@@ -574,7 +580,7 @@ def run(**kwargs):
 if __name__ == "__main__":
     try:
         main(parse_opt())
-    except (ValueError, FileNotFoundError, UntrustedCheckpointError) as err:
+    except (ValueError, OSError, UntrustedCheckpointError) as err:  # OSError: disk full, unwritable run folder
         sys.exit(f"ERROR: {err}")
     except KeyboardInterrupt:
         sys.exit("Interrupted: the last completed epoch is in weights/last.pt; continue with --resume")

@@ -90,6 +90,7 @@ class _OnnxRunner:
         ort = _require("onnxruntime", path, "ONNX", "pip install onnxruntime")
         so = ort.SessionOptions()
         so.intra_op_num_threads = torch.get_num_threads()
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle workers sleep: no CPU stolen
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(_existing(path, "ONNX")), so, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -181,7 +182,7 @@ class DetectMultiBackend(nn.Module):
                              f"as an ensemble; pass one exported file")
         self.backend = kinds.pop()
         self.pt = self.backend == "pytorch"
-        self.file = w
+        self.file, self._warned = w, False
         if self.pt:
             from models.experimental import attempt_load
             model = attempt_load(w, device=self.device, inplace=True, fuse=fuse, trust=trust)
@@ -198,7 +199,6 @@ class DetectMultiBackend(nn.Module):
         self.batch_one_only = bool(self.fixed_shape) and self.fixed_shape[0] == 1
         self.names = _int_keys(names) or self._names_from(data)
         self.nc = len(self.names)
-        self._warned = False
 
     def _names_from(self, data) -> dict:
         """Names for a model file without metadata: the dataset yaml's, else class0, class1, ... (from a probe)."""

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from models.cpu_kernels import conv_act, run_sequential
 from utils.torch_utils import fuse_conv_and_bn
 
 
@@ -70,7 +71,7 @@ class Conv(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
     def forward_fuse(self, x):
-        return self.act(self.conv(x))
+        return conv_act(self.conv, x, self.act)  # one fused oneDNN call on CPU inference, else act(conv(x))
 
     def fuse(self) -> None:
         """Fold bn into conv; state_dict keys become conv.weight/conv.bias, as in YOLOv5."""
@@ -204,22 +205,13 @@ class Conv_maxpool(nn.Module):
         return self.maxpool(self.conv(x))
 
     def forward_fuse(self, x):
-        """Inference: the same values, computed channels-last; the output keeps the input's memory format.
-
-        PyTorch's NCHW max-pool kernel (it also computes argmax indices) is several times slower than its
-        channels-last one, and this pool runs at stride 2, the largest feature map of the network. The conv weight
-        is channels-last after fuse(), so the conv already writes NHWC. ReLU commutes with max, so it runs on the
-        pooled (4x smaller) map.
-        """
-        conv, _, relu = self.conv  # after fuse(): conv (with folded BN), identity, ReLU
-        y = relu(self.maxpool(conv(x)))
-        return y if _is_channels_last(x) else y.contiguous()
+        """Inference: the same values with ReLU after the pool (ReLU commutes with max), on a 4x smaller map."""
+        conv, _, relu = self.conv  # after fuse(): conv (with the BN folded in), identity, ReLU
+        return relu(self.maxpool(conv_act(conv, x)))
 
     def fuse(self) -> None:
         """Fold the BN into the conv; the Sequential keeps its indices (0 conv, 1 identity, 2 relu)."""
         _fuse_sequential(self.conv)
-        conv = self.conv[0]
-        conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         self.forward = self.forward_fuse
 
 
@@ -276,11 +268,12 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
         return self.channel_shuffle(out, 2)
 
     def forward_fuse(self, x):
-        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy."""
+        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy and
+        each conv run together with the ReLU after it (models/cpu_kernels.py)."""
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            return interleave_channels(x1, self.branch2(x2))
-        return interleave_channels(self.branch1(x), self.branch2(x))
+            return interleave_channels(x1, run_sequential(self.branch2, x2))
+        return interleave_channels(run_sequential(self.branch1, x), run_sequential(self.branch2, x))
 
     @staticmethod
     def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

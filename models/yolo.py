@@ -18,6 +18,7 @@ if __name__ == "__main__":  # run as a script: make `models` and `utils` importa
 
 from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
                            ShuffleNetV2_InvertedResidual)
+from models.cpu_kernels import conv_act  # noqa: E402
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
@@ -83,13 +84,13 @@ class Detect(nn.Module):
     def _forward_infer(self, x):
         """Eval forward without autograd, same values as the general path with fewer copies of the predictions.
 
-        Each level's sigmoid reads the permuted conv output and writes straight into that level's rows of the
-        result (bs, Σ na·ny·nx, no); xy and wh are then decoded in place. The general path copies every
-        prediction four times (permute, sigmoid, per-level cat, final cat), which costs milliseconds at 640 on
-        a CPU. The raw per-level outputs are returned as permuted views (bs, na, ny, nx, no).
+        Each level's conv output is copied once into its rows of the result (bs, Σ na·ny·nx, no), where the
+        sigmoid and the xy/wh decoding run in place. The general path copies every prediction four times (permute,
+        sigmoid, per-level cat, final cat), which costs milliseconds at 640 on a CPU. The raw per-level outputs
+        are returned as permuted views (bs, na, ny, nx, no).
         """
         for i in range(self.nl):
-            x[i] = self.m[i](x[i])
+            x[i] = conv_act(self.m[i], x[i])
         bs = x[0].shape[0]
         rows = [self.na * xi.shape[2] * xi.shape[3] for xi in x]
         out = torch.empty(bs, sum(rows), self.no, device=x[0].device, dtype=x[0].dtype)
@@ -99,7 +100,8 @@ class Detect(nn.Module):
             if self.grid[i].shape[2:4] != x[i].shape[2:4]:
                 self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
             y = y.view(bs, self.na, ny, nx, self.no)
-            torch.sigmoid(x[i], out=y)
+            y.copy_(x[i])  # a strided sigmoid would run PyTorch's scalar kernel, several times slower
+            y.sigmoid_()
             y[..., :2].mul_(2).add_(self.grid[i]).mul_(self.stride[i])  # same operation order as forward()
             y[..., 2:4].mul_(2).pow_(2).mul_(self.anchor_grid[i])
         return out, x
@@ -154,11 +156,14 @@ class BaseModel(nn.Module):
             LOGGER.info(f"{sum(dt):10.2f} {'-':>10s} {'-':>10s}  Total")
 
     def fuse(self):
-        """Fold BatchNorms into convs for inference: every block that can fuse itself does."""
+        """Prepare for inference: every block that can fuse itself folds its BatchNorms, then the conv weights go
+        channels-last (see set_conv_memory_format); same outputs within float tolerance, and the unfused
+        model's checkpoint format is untouched."""
         LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if hasattr(m, "fuse") and callable(m.fuse):
                 m.fuse()
+        set_conv_memory_format(self, torch.channels_last)
         self.info()
         return self
 
@@ -278,6 +283,21 @@ class DetectionModel(BaseModel):
 
 
 Model = DetectionModel  # older YOLOv5 checkpoints pickle the class under this name
+
+
+def set_conv_memory_format(model: nn.Module, memory_format=torch.channels_last) -> nn.Module:
+    """Store every Conv2d weight in `memory_format`; activations then follow the weights through the network.
+
+    On CPUs channels-last (NHWC) is much faster for this network: oneDNN's depth-wise and 3x3 convs, and above
+    all PyTorch's max-pool (the NCHW kernel also computes argmax indices and is several times slower), which the
+    ShuffleNet stem and SPPF use. Only weights change, not values, so exports may switch back (ONNX graphs do
+    not carry memory formats, but a traced graph records the channels-last branches). Module.to(memory_format=)
+    is not used because it would also try to convert Detect's cached 5-D grids.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
+            m.weight.data = m.weight.data.contiguous(memory_format=memory_format)
+    return model
 
 
 def _layer_input(f, x, y):

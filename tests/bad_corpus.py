@@ -282,6 +282,10 @@ def cli_cases() -> list:
              message="batch size 64 is larger than the"),
         Case("CLI: device that does not exist", STOP, args={"device": "7"},
              message="--device '7': CUDA device 7 not found"),
+        Case("CLI: image size 0", STOP, args={"imgsz": 0}, message="image sizes must be positive"),
+        Case("CLI: batch size 0", STOP, args={"batch_size": 0}, message="--batch-size 0"),
+        Case("CLI: negative workers", STOP, args={"workers": -1}, message="--workers -1"),
+        Case("CLI: zero epochs", STOP, args={"epochs": 0}, message="--epochs 0"),
     ]
 
 

@@ -190,8 +190,6 @@ def test_missing_default_weights_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="python train.py"):
         detect.resolve_weights(detect.DEFAULT_WEIGHTS)
-    with pytest.raises(ValueError, match="PyTorch checkpoints"):
-        detect.resolve_weights("model.onnx")
 
 
 def test_foreign_checkpoint_is_named(images, tmp_path):

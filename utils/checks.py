@@ -10,6 +10,8 @@ from utils.logger import LOGGER
 def check_img_size(imgsz: Union[int, List[int]], s: int = 32, floor: int = 0):
     """Round image size(s) up to a multiple of stride s (at least `floor`), saying so when it changes."""
     def fix(x: int) -> int:
+        if int(x) < 1:
+            raise ValueError(f"--imgsz {imgsz}: image sizes must be positive numbers of pixels, e.g. --imgsz 640")
         return max(math.ceil(int(x) / s) * s, floor)
 
     new = fix(imgsz) if isinstance(imgsz, int) else [fix(x) for x in imgsz]

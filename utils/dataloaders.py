@@ -377,6 +377,9 @@ def create_dataloader(path, imgsz: int, batch_size: int, stride: int, single_cls
                       workers: int = 8, image_weights: bool = False, quad: bool = False, prefix: str = "",
                       shuffle: bool = False, seed: int = 0, min_items: int = 0):
     """Build LoadImagesAndLabels and its loader -> (loader, dataset). See the module docstring for a batch."""
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"{prefix}--batch-size {batch_size} --workers {workers}: the batch size must be at least 1 "
+                         f"and the number of workers at least 0 (0 loads in the main process)")
     if rect and shuffle:
         LOGGER.warning(f"{prefix}WARNING ⚠️ --rect is incompatible with DataLoader shuffle, setting shuffle=False")
         shuffle = False

@@ -57,6 +57,21 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def plain_layout(model: nn.Module) -> Iterator[nn.Module]:
+    """Trace with NCHW conv weights: fuse() makes them channels-last, and a trace of that records the channels-last
+    branch of the shuffle (extra Transpose nodes) that ONNX runtimes and pnnx gain nothing from."""
+    from models.yolo import set_conv_memory_format
+    cl = any(isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.kernel_size != (1, 1) and
+             m.weight.is_contiguous(memory_format=torch.channels_last) for m in model.modules())  # unambiguous ones
+    set_conv_memory_format(model, torch.contiguous_format)
+    try:
+        yield model
+    finally:
+        if cl:
+            set_conv_memory_format(model, torch.channels_last)
+
+
 def trace(model: nn.Module, im: torch.Tensor) -> torch.jit.ScriptModule:
     """torch.jit.trace the model on `im` (check_trace off: Detect's grid cache makes the second call differ)."""
     with _quiet_tracing(), torch.no_grad():
@@ -90,7 +105,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opset: int = 12,
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch", 1: "anchors"}} if dynamic else None
     with tempfile.TemporaryDirectory(dir=f.parent, prefix=f".{f.stem}_onnx_") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with _quiet_tracing(), torch.no_grad():
+        with _quiet_tracing(), torch.no_grad(), plain_layout(model):
             torch.onnx.export(model, im, str(raw), opset_version=opset, do_constant_folding=True,
                               input_names=["images"], output_names=["output0"], dynamic_axes=axes, dynamo=False)
         proto = onnx.load(str(raw))
@@ -166,7 +181,7 @@ def export_ncnn(model: nn.Module, im: torch.Tensor, file: Path, half: bool = Fal
         work = tmp / "pnnx"
         work.mkdir()
         ts = work / "model.torchscript"
-        with _quiet_tracing():
+        with _quiet_tracing(), plain_layout(model):
             torch.jit.save(trace(model, im), str(ts))
         shape = ",".join(str(int(x)) for x in im.shape)
         outputs = {"ncnnparam": tmp / "model.ncnn.param", "ncnnbin": tmp / "model.ncnn.bin",

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from utils.files import ROOT, yaml_load
+from utils.files import ROOT, atomic_write, yaml_load
 from utils.logger import LOGGER
 
 # data/hyps/hyp.scratch-low.yaml (YOLOv5 v7.0), used to fill keys a user's hyp file leaves out.
@@ -64,6 +64,26 @@ def labels_to_image_weights(labels: Sequence[np.ndarray], nc: int = 80, class_we
     cw = np.ones(nc) if class_weights is None else np.asarray(class_weights)
     counts = np.stack([np.bincount(x[:, 0].astype(int), minlength=nc)[:nc] for x in labels])
     return (cw.reshape(1, nc) * counts).sum(1)
+
+
+def trim_results(file: Path, start_epoch: int) -> None:
+    """Drop results.csv rows of epochs >= start_epoch (and rows cut short by a kill): an epoch killed after its row
+    was written but before its checkpoint was saved is trained again on --resume."""
+    file = Path(file)
+    if not file.exists():
+        return
+    header, *rows = file.read_text().splitlines() or [""]
+
+    def keep(row: str) -> bool:
+        cells = row.split(",")
+        try:
+            return len(cells) == len(RESULT_KEYS) and int(float(cells[0])) < start_epoch
+        except ValueError:
+            return False
+
+    kept = [r for r in rows if keep(r)]
+    if len(kept) != len(rows):
+        atomic_write(file, lambda f: f.write("\n".join([header, *kept]) + "\n"), mode="w")
 
 
 def write_results_row(file: Path, values: Sequence[float]) -> None:
