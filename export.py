@@ -9,12 +9,10 @@ without them those formats are skipped with one line and the others are still wr
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning starves the tracer on small CPUs
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

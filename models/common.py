@@ -11,7 +11,6 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from models.cpu_kernels import conv_act, run_sequential
 from utils.torch_utils import fuse_conv_and_bn
 
 
@@ -71,7 +70,7 @@ class Conv(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
     def forward_fuse(self, x):
-        return conv_act(self.conv, x, self.act)  # one fused oneDNN call on CPU inference, else act(conv(x))
+        return self.act(self.conv(x))
 
     def fuse(self) -> None:
         """Fold bn into conv; state_dict keys become conv.weight/conv.bias, as in YOLOv5."""
@@ -207,7 +206,7 @@ class Conv_maxpool(nn.Module):
     def forward_fuse(self, x):
         """Inference: the same values with ReLU after the pool (ReLU commutes with max), on a 4x smaller map."""
         conv, _, relu = self.conv  # after fuse(): conv (with the BN folded in), identity, ReLU
-        return relu(self.maxpool(conv_act(conv, x)))
+        return relu(self.maxpool(conv(x)))
 
     def fuse(self) -> None:
         """Fold the BN into the conv; the Sequential keeps its indices (0 conv, 1 identity, 2 relu)."""
@@ -268,12 +267,11 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
         return self.channel_shuffle(out, 2)
 
     def forward_fuse(self, x):
-        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy and
-        each conv run together with the ReLU after it (models/cpu_kernels.py)."""
+        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy."""
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            return interleave_channels(x1, run_sequential(self.branch2, x2))
-        return interleave_channels(run_sequential(self.branch1, x), run_sequential(self.branch2, x))
+            return interleave_channels(x1, self.branch2(x2))
+        return interleave_channels(self.branch1(x), self.branch2(x))
 
     @staticmethod
     def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

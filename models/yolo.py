@@ -18,7 +18,6 @@ if __name__ == "__main__":  # run as a script: make `models` and `utils` importa
 
 from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
                            ShuffleNetV2_InvertedResidual)
-from models.cpu_kernels import conv_act  # noqa: E402
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
@@ -90,7 +89,7 @@ class Detect(nn.Module):
         are returned as permuted views (bs, na, ny, nx, no).
         """
         for i in range(self.nl):
-            x[i] = conv_act(self.m[i], x[i])
+            x[i] = self.m[i](x[i])
         bs = x[0].shape[0]
         rows = [self.na * xi.shape[2] * xi.shape[3] for xi in x]
         out = torch.empty(bs, sum(rows), self.no, device=x[0].device, dtype=x[0].dtype)

@@ -82,7 +82,10 @@ def export_torchscript(model: nn.Module, im: torch.Tensor, file: Path, optimize:
     """<stem>.torchscript with an extra file config.txt = JSON {shape, stride, names}; --optimize: mobile passes."""
     f = file.with_suffix(".torchscript")
     ts = trace(model, im)
-    if optimize:  # CPU-only mobile optimisation passes (conv/BN folding, prepacking), as YOLOv5's --optimize
+    xnnpack = getattr(getattr(torch.backends, "xnnpack", None), "enabled", False)
+    if optimize and not xnnpack:
+        LOGGER.info("TorchScript: --optimize skipped, this torch build has no XNNPACK (mobile builds have it)")
+    elif optimize:  # CPU-only mobile optimisation passes (conv/BN folding, prepacking), as YOLOv5's --optimize
         from torch.utils.mobile_optimizer import optimize_for_mobile
         with _quiet_tracing():
             ts = optimize_for_mobile(ts)
