@@ -29,14 +29,6 @@ SHAPES = ((1, 64, 64), (2, 64, 64), (2, 96, 64), (1, 64, 128))  # (batch, h, w) 
 TOL = {"atol": 2e-2, "rtol": 1e-3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_dataset(root: Path, n: int = 4) -> Path:
     """n small images with shapes on noise, YOLO labels beside them, and a dataset yaml; -> the yaml path."""
     rng = np.random.default_rng(0)

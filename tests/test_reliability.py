@@ -31,15 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"imgsz": 64, "epochs": 1, "batch_size": 4, "workers": 0, "noplots": True, "exist_ok": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @contextmanager
 def captured():
     """Collect the project logger's messages at INFO and above."""

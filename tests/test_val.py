@@ -6,20 +6,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import val
 from detect_helpers import NAMES, captured_log, lively_model, save_legacy, save_own
 from utils.checkpoint import UntrustedCheckpointError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_dataset(root: Path, n: int = 4) -> Path:
