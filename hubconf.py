@@ -86,56 +86,28 @@ def custom(path: Union[str, Path] = "path/to/model.pt", autoshape: bool = True, 
     return AutoShape(model, verbose=_verbose) if autoshape else model
 
 
-def yolov5n(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """YOLOv5-nano (models/yolov5n.yaml)."""
-    return _create("yolov5n", pretrained, channels, classes, autoshape, _verbose, device, trust)
+# One entry point per shipped config: torch.hub.load('.', name, ...) and hubconf.<name>(...) look them up by name.
+CONFIGS = {
+    "yolov5n": "YOLOv5-nano (models/yolov5n.yaml)",
+    "yolov5s": "YOLOv5-small (models/yolov5s.yaml)",
+    "yolov5m": "YOLOv5-medium (models/yolov5m.yaml)",
+    "yolov5l": "YOLOv5-large (models/yolov5l.yaml)",
+    "yolov5x": "YOLOv5-xlarge (models/yolov5x.yaml)",
+    "yolov5_shuffle": "The seed design: YOLOv5l head on a ShuffleNetV2 backbone (models/yolov5_shuffle.yaml)",
+    "yolov5n_shuffle": "ShuffleNetV2 backbone at YOLOv5n scale; the repo ships yolov5n_shuffle.pt",
+    "yolov5s_shuffle": "ShuffleNetV2 backbone at YOLOv5s scale (models/yolov5s_shuffle.yaml)",
+    "yolov5m_shuffle": "ShuffleNetV2 backbone at YOLOv5m scale (models/yolov5m_shuffle.yaml)",
+    "yolov5l_shuffle": "ShuffleNetV2 backbone at YOLOv5l scale (models/yolov5l_shuffle.yaml = yolov5_shuffle.yaml)",
+    "yolov5x_shuffle": "ShuffleNetV2 backbone at YOLOv5x scale (models/yolov5x_shuffle.yaml)",
+}
 
 
-def yolov5s(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """YOLOv5-small (models/yolov5s.yaml)."""
-    return _create("yolov5s", pretrained, channels, classes, autoshape, _verbose, device, trust)
+def _entry_point(name: str, doc: str):
+    def entry(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
+        return _create(name, pretrained, channels, classes, autoshape, _verbose, device, trust)
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"{doc}. See _create() for the arguments."
+    return entry
 
 
-def yolov5m(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """YOLOv5-medium (models/yolov5m.yaml)."""
-    return _create("yolov5m", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5l(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """YOLOv5-large (models/yolov5l.yaml)."""
-    return _create("yolov5l", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5x(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """YOLOv5-xlarge (models/yolov5x.yaml)."""
-    return _create("yolov5x", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """The seed design: YOLOv5l head on a ShuffleNetV2 backbone (models/yolov5_shuffle.yaml)."""
-    return _create("yolov5_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5n_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """ShuffleNetV2 backbone at YOLOv5n scale (models/yolov5n_shuffle.yaml); the repo ships yolov5n_shuffle.pt."""
-    return _create("yolov5n_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5s_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """ShuffleNetV2 backbone at YOLOv5s scale (models/yolov5s_shuffle.yaml)."""
-    return _create("yolov5s_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5m_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """ShuffleNetV2 backbone at YOLOv5m scale (models/yolov5m_shuffle.yaml)."""
-    return _create("yolov5m_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5l_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """ShuffleNetV2 backbone at YOLOv5l scale (models/yolov5l_shuffle.yaml, same as yolov5_shuffle.yaml)."""
-    return _create("yolov5l_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
-
-
-def yolov5x_shuffle(pretrained=True, channels=3, classes=None, autoshape=True, _verbose=True, device=None, trust=False):
-    """ShuffleNetV2 backbone at YOLOv5x scale (models/yolov5x_shuffle.yaml)."""
-    return _create("yolov5x_shuffle", pretrained, channels, classes, autoshape, _verbose, device, trust)
+globals().update({name: _entry_point(name, doc) for name, doc in CONFIGS.items()})

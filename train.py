@@ -104,17 +104,33 @@ def smart_resume(ckpt, optimizer, ema, weights, epochs, resume):
     return best_fitness, start_epoch, epochs
 
 
+def cache_modes(cache) -> tuple:
+    """--cache -> (train split's cache, val split's cache). Not given: 'auto' (RAM when the split is small, see
+    LoadImagesAndLabels._cache_images); no/off/none/false: never; ram, disk; val: RAM for the val split only."""
+    if cache is None:
+        return "auto", "auto"
+    mode = str(cache).lower()
+    if mode in ("no", "off", "none", "false"):
+        return None, None
+    if mode == "val":
+        return None, "ram"
+    if mode not in ("ram", "disk", "true"):
+        raise ValueError(f"--cache {cache}: unknown; use ram, disk, val or no (not given: RAM when the images fit)")
+    return ("disk", "disk") if mode == "disk" else ("ram", "ram")
+
+
 def build_loaders(opt, hyp, data, gs, imgsz, batch_size):
     """Training loader (every rank) and validation loader (rank 0 only)."""
+    train_cache, val_cache = cache_modes(opt.cache)
     train_loader, dataset = create_dataloader(
         data["train"], imgsz, batch_size // WORLD_SIZE, gs, opt.single_cls, hyp=hyp, augment=True,
-        cache=None if opt.cache == "val" else opt.cache, rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers,
+        cache=train_cache, rect=opt.rect, rank=LOCAL_RANK, workers=opt.workers,
         image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr("train: "), shuffle=True, seed=opt.seed)
     val_loader = None
     if RANK in (-1, 0):
         val_loader = create_dataloader(
             data["val"], imgsz, batch_size // WORLD_SIZE * 2, gs, opt.single_cls, hyp=hyp, cache=None if opt.noval
-            else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5, prefix=colorstr("val: "))[0]
+            else val_cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5, prefix=colorstr("val: "))[0]
     return train_loader, dataset, val_loader
 
 
@@ -458,7 +474,7 @@ def parse_opt(argv=None):
     p.add_argument("--noplots", action="store_true", help="save no plot files")
     p.add_argument("--evolve", type=int, nargs="?", const=300, help="evolve hyperparameters for x generations")
     p.add_argument("--bucket", type=str, default="", help="gsutil bucket (not supported offline)")
-    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk/val")
+    p.add_argument("--cache", type=str, nargs="?", const="ram", help="image --cache ram/disk/val/no (default: RAM if small)")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
@@ -532,6 +548,7 @@ def main(opt):
         raise ValueError(f"--epochs {opt.epochs}: must be at least 1")
     if opt.batch_size == 0 or opt.batch_size < -1:
         raise ValueError(f"--batch-size {opt.batch_size}: must be at least 1 (or -1 for AutoBatch)")
+    cache_modes(opt.cache)  # an unknown --cache value stops here, before anything is built
     device = select_device(opt.device, batch_size=opt.batch_size)
     if LOCAL_RANK != -1:
         device = setup_ddp(opt, device)

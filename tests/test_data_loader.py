@@ -204,6 +204,22 @@ def test_image_cache_modes(tmp_path, mode):
     assert ds[0][0].shape == (3, 64, 64)
 
 
+def test_auto_cache_only_small_splits_same_pixels(tmp_path, monkeypatch):
+    import utils.dataloaders as dl
+    images = _make(tmp_path, n=4)
+    plain = LoadImagesAndLabels(str(images), img_size=64)
+    auto = LoadImagesAndLabels(str(images), img_size=64, cache_images="auto")
+    assert auto.cache_images == "ram" and all(x is not None for x in auto.ims)
+    assert not plain.cache_images
+    assert all(x is None for x in plain.ims)
+    for i in range(plain.n):  # the cached pixels are the ones a plain load returns
+        a, b = plain.load_image(i), auto.load_image(i)
+        assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+    monkeypatch.setattr(dl, "AUTO_CACHE_BYTES", 1000)  # a split over the limit is read from disk as usual
+    big = LoadImagesAndLabels(str(images), img_size=64, cache_images="auto")
+    assert not big.cache_images and all(x is None for x in big.ims)
+
+
 # ------------------------------------------------------------------ loaders
 def test_infinite_loader_epochs_and_seeded_workers(tmp_path):
     images = _make(tmp_path, n=6)

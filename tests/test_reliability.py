@@ -2,14 +2,12 @@
 errors and untrusted checkpoints. Every bad input is either skipped with a message naming it or stops the run with
 one clear message: never a traceback, never a silent drop."""
 
-import logging
 import os
 import re
 import resource
 import subprocess
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +20,13 @@ import val
 from bad_corpus import (BACKGROUND, FIX, IGNORE, KEEP, SKIP, STOP, WARN, all_cases, cli_cases, write_checkpoints,
                         write_class_overflow, write_clean_dataset, write_dataset, write_dataset_yamls,
                         write_model_yamls, write_tiny_model)
+from detect_helpers import captured_log as captured
 from utils import checkpoint
 from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, safe_globals
 from utils.dataloaders import LoadImagesAndLabels
-from utils.logger import LOGGER
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"imgsz": 64, "epochs": 1, "batch_size": 4, "workers": 0, "noplots": True, "exist_ok": True}
-
-
-@contextmanager
-def captured():
-    """Collect the project logger's messages at INFO and above."""
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda r: lines.append(r.getMessage())
-    old = LOGGER.level
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        LOGGER.removeHandler(handler)
-        LOGGER.setLevel(old)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:

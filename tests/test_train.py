@@ -392,3 +392,14 @@ def test_two_process_gloo_run_matches_single_process_layout(data, full_run, tmp_
     ckpt = load_checkpoint(run / "weights" / "best.pt")
     assert list(ckpt) == CKPT_KEYS and ckpt["epoch"] == -1 and ckpt["model"].nc == 2
     assert "Destroying process group" in out and out.count("Starting training for 1 epochs") == 1  # rank 0 logs
+
+
+def test_cache_flag_modes():
+    from train import cache_modes
+    assert cache_modes(None) == ("auto", "auto")  # not given: RAM when the split is small
+    assert cache_modes("ram") == cache_modes("true") == ("ram", "ram")
+    assert cache_modes("disk") == ("disk", "disk")
+    assert cache_modes("val") == (None, "ram")
+    assert cache_modes("no") == cache_modes("OFF") == (None, None)
+    with pytest.raises(ValueError, match="--cache ramm: unknown"):
+        cache_modes("ramm")

@@ -34,6 +34,7 @@ from utils.torch_utils import torch_distributed_zero_first
 RANK = int(os.getenv("RANK", -1))
 GENERATOR_SEED = 6148914691236517205  # 0x5555...: YOLOv5's base seed for the shuffling generator
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
+AUTO_CACHE_BYTES = 2 << 30  # --cache auto: cache a split in RAM when its resized images need at most this
 
 
 class LoadImagesAndLabels(Dataset):
@@ -128,8 +129,22 @@ class LoadImagesAndLabels(Dataset):
         self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
 
     def _cache_images(self) -> None:
-        """Decode every image once: into RAM ('ram', resized) or to .npy files beside the images ('disk')."""
-        if self.cache_images == "ram" and not self._ram_fits():
+        """Decode every image once: into RAM ('ram', resized) or to .npy files beside the images ('disk').
+
+        'auto' (train.py's default) caches in RAM only when the resized split is small: at most AUTO_CACHE_BYTES
+        and a tenth of the free memory. Mosaic decodes four images per sample, so on a small CPU decoding is a
+        large share of each epoch; the cached pixels are the ones load_image() would return, so results do not
+        change.
+        """
+        if self.cache_images == "auto":
+            need, avail = self._ram_estimate()
+            if need > AUTO_CACHE_BYTES or (avail is not None and need > 0.1 * avail):
+                self.cache_images = False
+                return
+            self.cache_images = "ram"
+            LOGGER.info(f"{self.prefix}{need / 1e9:.2f}GB of resized images fit in RAM: caching them "
+                        f"(--cache no turns this off)")
+        elif self.cache_images == "ram" and not self._ram_fits():
             self.cache_images = False
             return
         disk = self.cache_images == "disk"
@@ -145,9 +160,9 @@ class LoadImagesAndLabels(Dataset):
                     total += x[0].nbytes
         LOGGER.info(f"{self.prefix}Caching images ({total / 1e9:.2f}GB {self.cache_images})")
 
-    def _ram_fits(self, safety: float = 0.1) -> bool:
-        """Estimate the RAM a 'ram' cache needs from 30 images and compare it with the memory available."""
-        sample = random.sample(range(self.n), min(self.n, 30))
+    def _ram_estimate(self) -> tuple:
+        """(bytes a 'ram' cache needs, estimated from 30 images; bytes of free memory, or None where unknown)."""
+        sample = random.Random(0).sample(range(self.n), min(self.n, 30))  # a local RNG: the global stream is untouched
         need = 0
         for i in sample:
             im = imread(self.im_files[i])
@@ -157,6 +172,13 @@ class LoadImagesAndLabels(Dataset):
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
+            avail = None
+        return need, avail
+
+    def _ram_fits(self, safety: float = 0.1) -> bool:
+        """Whether the estimated 'ram' cache fits in the memory available (True where that is unknown)."""
+        need, avail = self._ram_estimate()
+        if avail is None:
             return True
         fits = need * (1 + safety) < avail
         if not fits:
