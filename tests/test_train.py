@@ -2,7 +2,6 @@
 weight transfer, training flags and error paths. Every run: yolov5n_shuffle, 64 px, batch 4, 1-3 epochs, CPU."""
 
 import io
-import logging
 import math
 import os
 import runpy
@@ -19,6 +18,7 @@ import torch
 import yaml
 
 import train
+from detect_helpers import captured_log
 from models.yolo import DetectionModel
 from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint
 from utils.logger import LOGGER
@@ -74,18 +74,6 @@ def read_results(run: Path) -> tuple:
     """results.csv -> (header line, rows as lists of floats)."""
     lines = (run / "results.csv").read_text().splitlines()
     return lines[0], [[float(v) for v in line.split(",")] for line in lines[1:]]
-
-
-@contextmanager
-def captured_log():
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda r: records.append(r.getMessage())
-    LOGGER.addHandler(handler)
-    try:
-        yield records
-    finally:
-        LOGGER.removeHandler(handler)
 
 
 @contextmanager
@@ -403,3 +391,23 @@ def test_cache_flag_modes():
     assert cache_modes("no") == cache_modes("OFF") == (None, None)
     with pytest.raises(ValueError, match="--cache ramm: unknown"):
         cache_modes("ramm")
+
+
+def test_cpu_training_is_channels_last(data, tmp_path, monkeypatch, skip_final_validation):
+    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout)."""
+    weights_cl, inputs_cl = [], []
+    real = train.train_one_epoch
+
+    def spy(s, epoch, model, *rest, **kw):
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        weights_cl.append(all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs))
+        hook = model.register_forward_pre_hook(
+            lambda m, inp: inputs_cl.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+        try:
+            return real(s, epoch, model, *rest, **kw)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(train, "train_one_epoch", spy)
+    run_cli(args(data, tmp_path, "--device", "cpu"))
+    assert weights_cl == [True] and inputs_cl and all(inputs_cl)
