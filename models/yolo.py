@@ -21,7 +21,8 @@ from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import initialize_weights, model_info, scale_img, select_device, time_sync  # noqa: E402
+from utils.torch_utils import (initialize_weights, keep_freed_memory, model_info, scale_img, select_device,  # noqa: E402
+                               time_sync)
 
 # Module names a model yaml may use. Built explicitly (no eval); YOLOv5-Lite's spellings are accepted as aliases.
 MODULES = {c.__name__: c for c in (Conv, DWConv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Conv_maxpool,
@@ -157,12 +158,15 @@ class BaseModel(nn.Module):
     def fuse(self):
         """Prepare for inference: every block that can fuse itself folds its BatchNorms, then the conv weights go
         channels-last (see set_conv_memory_format); same outputs within float tolerance, and the unfused
-        model's checkpoint format is untouched."""
+        model's checkpoint format is untouched. A model on the CPU also makes malloc keep freed activations for
+        the next forward (keep_freed_memory: no page faults per image)."""
         LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if hasattr(m, "fuse") and callable(m.fuse):
                 m.fuse()
         set_conv_memory_format(self, torch.channels_last)
+        if all(p.device.type == "cpu" for p in self.parameters()):
+            keep_freed_memory()
         self.info()
         return self
 

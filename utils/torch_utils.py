@@ -48,6 +48,34 @@ def select_device(device: str = "", batch_size: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
+
+    By default glibc maps large blocks (activations, Detect's output) fresh from the kernel and unmaps them when
+    freed, so every forward pass touches new pages: about 4,800 page faults (11 ms of 56 ms) per 640x640 forward
+    of yolov5n on a 2-core CPU, and 15 % of a CPU training step. With mmap for blocks up to 32 MB off and the
+    trim threshold at 1 GB, the second forward reuses the first one's memory (0 faults); the price is that up to
+    that much freed memory stays with the process. Process-wide and harmless to call again; False where the C
+    library is not glibc (macOS, Windows, musl), which changes nothing there.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from glibc's malloc.h
+        _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+    return _ALLOCATOR_TUNED
+
+
 def time_sync() -> float:
     """time.time() after waiting for queued CUDA work, so GPU timings are real."""
     if torch.cuda.is_available():
