@@ -62,7 +62,9 @@ class Detect(nn.Module):
         self.inplace = inplace
 
     def forward(self, x):
-        if not (self.training or self.export or self.dynamic or torch.is_grad_enabled() or torch.jit.is_tracing()):
+        if self.export:
+            return (self._forward_export(x),)
+        if not (self.training or self.dynamic or torch.is_grad_enabled() or torch.jit.is_tracing()):
             return self._forward_infer(x)
         z = []
         for i in range(self.nl):
@@ -77,9 +79,25 @@ class Detect(nn.Module):
             xy = (xy * 2 + self.grid[i]) * self.stride[i]  # grid holds cell − 0.5
             wh = (wh * 2) ** 2 * self.anchor_grid[i]  # anchor_grid holds anchors in pixels
             z.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
-        if self.training:
-            return x
-        return (torch.cat(z, 1),) if self.export else (torch.cat(z, 1), x)
+        return x if self.training else (torch.cat(z, 1), x)
+
+    def _forward_export(self, x):
+        """The graph export.py traces: forward()'s values, in an order exported runtimes run faster.
+
+        The sigmoid follows each conv directly (ONNX Runtime and OpenVINO fuse the two), the box channels are
+        decoded while each prediction is still a plane of (bs, na, no, ny, nx), and a single transpose per level
+        makes YOLOv5's (bs, na·ny·nx, no) rows. forward() transposes first, then applies the sigmoid and the split
+        to the transposed copy: two more passes over the largest tensor in the graph.
+        """
+        z = []
+        for i in range(self.nl):
+            y = self.m[i](x[i]).sigmoid()
+            bs, _, ny, nx = y.shape
+            xy, wh, conf = y.view(bs, self.na, self.no, ny, nx).split((2, 2, self.nc + 1), 2)
+            xy = (xy * 2 + self._cell_offsets(nx, ny, 0).view(1, 1, 2, ny, nx)) * self.stride[i]
+            wh = (wh * 2) ** 2 * (self.anchors[i] * self.stride[i]).view(1, self.na, 2, 1, 1)
+            z.append(torch.cat((xy, wh, conf), 2).permute(0, 1, 3, 4, 2).reshape(bs, -1, self.no))
+        return torch.cat(z, 1)
 
     def _forward_infer(self, x):
         """Eval forward without autograd, same values as the general path with fewer copies of the predictions.
@@ -106,13 +124,17 @@ class Detect(nn.Module):
             y[..., 2:4].mul_(2).pow_(2).mul_(self.anchor_grid[i])
         return out, x
 
-    def _make_grid(self, nx: int, ny: int, i: int):
-        """Cell offsets (1, na, ny, nx, 2) minus 0.5, and the level's anchors in pixels, same shape."""
-        d, t = self.anchors[i].device, self.anchors[i].dtype
-        shape = 1, self.na, ny, nx, 2
+    def _cell_offsets(self, nx: int, ny: int, dim: int) -> torch.Tensor:
+        """Each cell's (x, y) minus 0.5, stacked on `dim` of the (ny, nx) index planes."""
+        d, t = self.anchors.device, self.anchors.dtype
         yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t),
                                 indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        return torch.stack((xv, yv), dim) - 0.5
+
+    def _make_grid(self, nx: int, ny: int, i: int):
+        """Cell offsets (1, na, ny, nx, 2) minus 0.5, and the level's anchors in pixels, same shape."""
+        shape = 1, self.na, ny, nx, 2
+        grid = self._cell_offsets(nx, ny, 2).expand(shape)
         anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
         return grid, anchor_grid
 
