@@ -10,6 +10,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from utils.torch_utils import fuse_conv_and_bn
 
@@ -206,12 +207,31 @@ class Conv_maxpool(nn.Module):
     def forward_fuse(self, x):
         """Inference: the same values with ReLU after the pool (ReLU commutes with max), on a 4x smaller map."""
         conv, _, relu = self.conv  # after fuse(): conv (with the BN folded in), identity, ReLU
-        return relu(self.maxpool(conv(x)))
+        return relu(max_pool_3x3_s2(conv(x)))
 
     def fuse(self) -> None:
         """Fold the BN into the conv; the Sequential keeps its indices (0 conv, 1 identity, 2 relu)."""
         _fuse_sequential(self.conv)
         self.forward = self.forward_fuse
+
+
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 3, stride=2, padding=1), computed as four element-wise maxima of strided views.
+
+    Same values (max is exact). PyTorch's CPU max-pool also finds the argmax of every window, which makes it the
+    slowest part of the ShuffleNet stem on the 320x320 map of a 640 input; this is 1.5-2x faster there. Odd sizes,
+    where the last window has no right neighbour, and traced exports (one MaxPool node for the runtimes) take
+    F.max_pool2d.
+    """
+    if x.shape[-1] % 2 or x.shape[-2] % 2 or torch.jit.is_tracing():
+        return F.max_pool2d(x, 3, 2, 1)
+    even, odd = x[..., 0::2], x[..., 1::2]  # output column j covers input columns 2j-1, 2j, 2j+1
+    cols = torch.maximum(even, odd)
+    cols[..., 1:] = torch.maximum(cols[..., 1:], odd[..., :-1])
+    even, odd = cols[..., 0::2, :], cols[..., 1::2, :]  # the same over rows
+    out = torch.maximum(even, odd)
+    out[..., 1:, :] = torch.maximum(out[..., 1:, :], odd[..., :-1, :])
+    return out
 
 
 class ShuffleNetV2_InvertedResidual(nn.Module):

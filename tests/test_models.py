@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from models.common import ShuffleNetV2_InvertedResidual, channel_shuffle
+from models.common import ShuffleNetV2_InvertedResidual, channel_shuffle, max_pool_3x3_s2
 from models.yolo import Detect, DetectionModel, parse_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,15 @@ def test_fused_matches_unfused(cfg):
         out = fused(x)[0]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 32, 48), (1, 3, 2, 2), (1, 4, 7, 10), (1, 4, 10, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stem_max_pool_equals_torch(shape, channels_last):
+    x = torch.randn(shape) - 0.5  # negative values: no padding value may leak into a window
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(max_pool_3x3_s2(x), torch.nn.functional.max_pool2d(x, 3, 2, 1))
 
 
 def test_torchscript_trace_and_onnx_dynamic_batch(tmp_path):
