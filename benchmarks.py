@@ -88,10 +88,12 @@ def _set_dynamic(model, dynamic: bool) -> None:
 
 
 @torch.inference_mode()
-def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int = 5) -> dict:
+def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int = 1) -> dict:
     """Median ms per (model, backend) over `runs` forwards, taken in turns of `block` so that load from other
     processes hits every runner alike. Each turn starts with one untimed forward: the previous runtime's worker
-    threads (OpenMP, ONNX Runtime, OpenVINO) may still be spinning and would be billed to this one."""
+    threads (OpenMP, ONNX Runtime, OpenVINO) may still be spinning and would be billed to this one. One timed
+    forward per turn spreads every runner's samples over the whole run: on a shared virtual machine whose speed
+    drifts by 30 % over tens of seconds, turns of 5 gave yolov5l_shuffle / yolov5l ratios from 0.39 to 0.48."""
     for f in runners.values():
         for _ in range(warmup):
             f(im)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+import benchmarks
 import detect
 import export
 import val
@@ -302,3 +303,21 @@ def test_openvino_and_ncnn_match_pytorch_when_installed(models, tmp_path):
 def _installed(module: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(module) is not None
+
+
+def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, data, capsys):
+    pts = [str(dynamic_exports[cfg]["pt"]) for cfg in CFGS]  # yolov5n.pt and yolov5n_shuffle.pt: a stock/shuffle pair
+    md = benchmarks.run(weights=pts, data=str(data), imgsz=64, warmup=1, runs=2, backends=("pytorch", "onnx"))
+    assert md in capsys.readouterr().out
+    lines = md.splitlines()
+    assert lines[0] == "| model | params | GFLOPs | PyTorch ms | ONNX Runtime ms | mAP50-95 |"
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines[2:]}
+    assert set(rows) == {"yolov5n", "yolov5n_shuffle", "ratio yolov5n_shuffle / yolov5n"}
+    for name in ("yolov5n", "yolov5n_shuffle"):
+        assert all(float(v) > 0 for v in rows[name][3:5])  # a latency per backend
+        assert 0 <= float(rows[name][5]) <= 1  # mAP50-95 from val.py on the dataset
+    stock, shuffle, ratio = rows["yolov5n"], rows["yolov5n_shuffle"], rows["ratio yolov5n_shuffle / yolov5n"]
+    params = [int(r[1].replace(",", "")) for r in (stock, shuffle)]
+    assert float(ratio[1]) == pytest.approx(params[1] / params[0], abs=0.006)
+    assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
+
