@@ -241,6 +241,13 @@ def test_fused_cpu_forwards_reuse_memory_without_page_faults():
     assert faults("tuned") < 1000
 
 
+def test_malloc_tuning_is_linux_only(monkeypatch):
+    from utils import torch_utils
+    monkeypatch.setattr(torch_utils, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setattr(sys, "platform", "win32")  # no glibc: nothing is called, fuse() goes on as before
+    assert torch_utils.keep_freed_memory() is False
+
+
 def _block_import(monkeypatch, *names):
     """Make `import name` fail as if the package were not installed (a None entry in sys.modules does that)."""
     for n in names:

@@ -4,6 +4,7 @@ import contextlib
 import math
 import os
 import random
+import sys
 import time
 from copy import deepcopy
 from typing import Optional
@@ -62,16 +63,16 @@ def keep_freed_memory() -> bool:
     library is not glibc (macOS, Windows, musl), which changes nothing there.
     """
     global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
+    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
+        return _ALLOCATOR_TUNED
     try:
         import ctypes
-        libc = ctypes.CDLL(None)
+        libc = ctypes.CDLL(None)  # the C library this process already uses
         if not hasattr(libc, "gnu_get_libc_version"):
             return False
         m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from glibc's malloc.h
         _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     return _ALLOCATOR_TUNED
 
