@@ -43,8 +43,8 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from utils.pretrained import load_shufflenet_backbone  # noqa: E402
-from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, keep_freed_memory,  # noqa: E402
-                               select_device, torch_distributed_zero_first)
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
+                               torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -288,7 +288,6 @@ def train(hyp, opt, device):
     s.channels_last = device.type == "cpu"
     if s.channels_last:
         set_conv_memory_format(model, torch.channels_last)
-        keep_freed_memory()  # no fresh pages (page faults) for every step's activations
     s.amp = check_amp(model)
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
