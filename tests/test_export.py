@@ -327,4 +327,3 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
     params = [int(r[1].replace(",", "")) for r in (stock, shuffle)]
     assert float(ratio[1]) == pytest.approx(params[1] / params[0], abs=0.006)
     assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
-

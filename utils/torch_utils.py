@@ -60,8 +60,9 @@ def keep_freed_memory() -> bool:
     of yolov5n on a 2-core CPU in a loop, 4 ms per image in detect.py. With mmap for blocks up to 32 MB off and
     the trim threshold at 1 GB, the second forward reuses the first one's memory (0 faults); the price is that up
     to that much freed memory stays with the process. Training does not call it: there glibc's own adaptive
-    threshold already settles (same epoch time) and forked data loader workers kept ~480 MB more. Process-wide and harmless to call again; False where the C
-    library is not glibc (macOS, Windows, musl), which changes nothing there.
+    threshold already settles (same epoch time) and forked data loader workers kept ~480 MB more.
+    Process-wide and harmless to call again; False where the C library is not glibc (macOS, Windows, musl),
+    which changes nothing there.
     """
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
