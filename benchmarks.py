@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from models.backends import DetectMultiBackend  # noqa: E402
+from inference.backends import DetectMultiBackend  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect, DetectionModel  # noqa: E402
-from utils.checkpoint import UntrustedCheckpointError  # noqa: E402
-from utils.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
+from models.checkpoint import UntrustedCheckpointError  # noqa: E402
+from models.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
 from utils.torch_utils import model_info  # noqa: E402
 

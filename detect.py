@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from models.backends import DetectMultiBackend, backend_kind  # noqa: E402
+from inference.backends import DetectMultiBackend, backend_kind  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from utils.boxes import scale_boxes  # noqa: E402
-from utils.checkpoint import UntrustedCheckpointError, strip_optimizer  # noqa: E402
+from models.checkpoint import UntrustedCheckpointError, strip_optimizer  # noqa: E402
 from utils.checks import check_img_size, check_thresholds, display_available  # noqa: E402
 from utils.crops import save_one_box  # noqa: E402
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams  # noqa: E402

@@ -21,9 +21,9 @@ if str(ROOT) not in sys.path:
 
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect  # noqa: E402
-from utils.checkpoint import UntrustedCheckpointError  # noqa: E402
+from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from utils.checks import check_img_size  # noqa: E402
-from utils.exporters import (MissingPackage, export_ncnn, export_onnx, export_openvino, export_torchscript,  # noqa: E402
+from models.exporters import (MissingPackage, export_ncnn, export_onnx, export_openvino, export_torchscript,  # noqa: E402
                              model_metadata)
 from utils.files import ROOT as REPO_ROOT  # noqa: E402
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from models.autoshape import AutoShape
+from inference.autoshape import AutoShape
 from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.logger import LOGGER
@@ -53,7 +53,7 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: Opti
     """Model `name` (a models/<name>.yaml): pretrained from WEIGHTS_DIR/<name>.pt, else randomly initialised.
 
     classes: None keeps the checkpoint's (or the yaml's) class count; another value rebuilds the head and keeps
-    every matching pretrained tensor. autoshape wraps the model for file/array/PIL inputs (see models/autoshape.py).
+    every matching pretrained tensor. autoshape wraps the model for file/array/PIL inputs (see inference/autoshape.py).
     """
     if not verbose:
         LOGGER.setLevel(logging.WARNING)

@@ -31,7 +31,7 @@ import val as validate  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model, set_conv_memory_format  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
-from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from models.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
 from utils.checks import check_img_size  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.datasets_yaml import check_dataset  # noqa: E402
@@ -42,7 +42,7 @@ from utils.loss import ComputeLoss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
-from utils.pretrained import load_shufflenet_backbone  # noqa: E402
+from models.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
                                torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
-from utils.checkpoint import UntrustedCheckpointError  # noqa: E402
+from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from utils.checks import check_img_size  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.datasets_yaml import check_dataset  # noqa: E402
@@ -80,7 +80,7 @@ def load_model(weights, device, data, half, trust_weights=False):
     from models.experimental import attempt_load
     w = weights[0] if isinstance(weights, (list, tuple)) and len(weights) == 1 else weights
     if isinstance(w, (str, Path)) and (Path(w).suffix not in (".pt", ".pth", "") or Path(w).is_dir()):
-        from models.backends import DetectMultiBackend  # exported formats (issue: export)
+        from inference.backends import DetectMultiBackend  # exported formats (issue: export)
         return DetectMultiBackend(w, device=device, data=data, fp16=half)
     model = attempt_load(w, device=device, trust=trust_weights)
     return model.half() if half else model.float()

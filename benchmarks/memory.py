@@ -52,7 +52,7 @@ def make_pool(folder: Path, n: int) -> list:
 def make_weights(path: Path) -> Path:
     """A random-init yolov5n_shuffle (nc=2) in this project's checkpoint layout."""
     from models.yolo import DetectionModel
-    from utils.checkpoint import save_checkpoint
+    from models.checkpoint import save_checkpoint
     model = DetectionModel("yolov5n_shuffle.yaml", nc=2)
     model.names = {0: "a", 1: "b"}
     save_checkpoint({"epoch": -1, "best_fitness": None, "model": model.half(), "ema": None, "updates": None,

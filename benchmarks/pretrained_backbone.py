@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.pretrained import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from models.pretrained import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def object_crops(root: Path, split: str, size: int) -> tuple:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from models.yolo import Detect, DetectionModel
-from utils.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint
 from utils.logger import LOGGER
 
 

@@ -23,7 +23,7 @@ def _die() -> None:
 
 def _file_name(f) -> str:
     """The path behind a file object (atomic_write opens its temporary file by descriptor, so .name is an int)."""
-    f = getattr(f, "f", f)  # utils.checkpoint may wrap the file object
+    f = getattr(f, "f", f)  # models.checkpoint may wrap the file object
     if hasattr(f, "fileno"):
         return os.readlink(f"/proc/self/fd/{f.fileno()}")
     return str(f)

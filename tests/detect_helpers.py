@@ -14,7 +14,7 @@ import torch.nn as nn
 from models.yolo import DetectionModel
 from utils.augmentations import letterbox
 from utils.boxes import scale_boxes
-from utils.checkpoint import save_checkpoint
+from models.checkpoint import save_checkpoint
 from utils.logger import LOGGER
 from utils.nms import non_max_suppression
 

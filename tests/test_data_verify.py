@@ -152,6 +152,28 @@ def test_jpeg_without_end_marker_restored(tmp_path):
     assert f.read_bytes()[-2:] == b"\xff\xd9" and r.fixes["corrupt JPEGs restored"] == 1
 
 
+@pytest.mark.parametrize("cut", [1, 2])
+def test_jpeg_cut_before_its_end_marker_restored(tmp_path, cut):
+    """Only the FFD9 marker (or half of it) is missing: the scan is complete, so the pixels are restored."""
+    f = _image(tmp_path / "m.jpg")
+    original = cv2.imread(str(f))
+    f.write_bytes(f.read_bytes()[:-cut])
+    r = verify_image_label((str(f), str(tmp_path / "m.txt"), ""))
+    assert r.corrupt == 0 and r.im_file == str(f) and "corrupt JPEG restored and saved" in r.msgs[0]
+    assert f.read_bytes()[-2:] == b"\xff\xd9"
+    assert np.abs(cv2.imread(str(f)).astype(int) - original).mean() < 2  # quality-100 re-encode of the same pixels
+
+
+@pytest.mark.parametrize("cut", [3, 40, 500])
+def test_jpeg_missing_scan_data_rejected(tmp_path, cut):
+    """Bytes of the image data itself are gone: restoring would invent pixels, so the file is skipped as YOLOv5 does."""
+    f = _image(tmp_path / "s.jpg")
+    before = f.read_bytes()[:-cut]
+    f.write_bytes(before)
+    _corrupt(verify_image_label((str(f), str(tmp_path / "s.txt"), "")), "could not be restored")
+    assert f.read_bytes() == before  # a rejected file is left as it was
+
+
 def test_tiny_image_rejected(tmp_path):
     f = _image(tmp_path / "s.png", size=(9, 40))
     _corrupt(verify_image_label((str(f), str(tmp_path / "s.txt"), "")), "9x40", "below 10 px")

@@ -18,7 +18,7 @@ import torch
 import detect
 from detect_helpers import (IMGSZ, NAMES, assert_same_detections, captured_log, lively_model, make_images,
                             read_rows, reference, rows_to_xyxy, save_legacy, save_own)
-from utils.checkpoint import UntrustedCheckpointError
+from models.checkpoint import UntrustedCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 

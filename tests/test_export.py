@@ -19,7 +19,7 @@ import export
 import val
 from detect_helpers import (NAMES, assert_same_detections, captured_log, lively_model, read_rows, rows_to_xyxy,
                             save_own)
-from models.backends import DetectMultiBackend, MissingRuntime
+from inference.backends import DetectMultiBackend, MissingRuntime
 from models.yolo import DetectionModel
 
 ROOT = Path(__file__).resolve().parents[1]

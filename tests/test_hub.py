@@ -14,8 +14,8 @@ import detect
 import hubconf
 from detect_helpers import (IMGSZ, NAMES, assert_same_detections, lively_model, make_images, read_rows, reference,
                             rows_to_xyxy, save_legacy, save_own)
-from models.autoshape import AutoShape, Detections
-from utils.checkpoint import UntrustedCheckpointError
+from inference.autoshape import AutoShape, Detections
+from models.checkpoint import UntrustedCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 

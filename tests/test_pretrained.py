@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 
 from models.yolo import DetectionModel
-from utils.pretrained import (IMAGENET_MEAN, IMAGENET_STD, load_shufflenet_backbone, pretrained_backbone_layers,
+from models.pretrained import (IMAGENET_MEAN, IMAGENET_STD, load_shufflenet_backbone, pretrained_backbone_layers,
                               read_state_dict)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from bad_corpus import (BACKGROUND, FIX, IGNORE, KEEP, SKIP, STOP, WARN, all_cas
                         write_class_overflow, write_clean_dataset, write_dataset, write_dataset_yamls,
                         write_model_yamls, write_tiny_model)
 from detect_helpers import captured_log as captured
-from utils import checkpoint
-from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, safe_globals
+from models import checkpoint
+from models.checkpoint import UntrustedCheckpointError, load_checkpoint, safe_globals
 from utils.dataloaders import LoadImagesAndLabels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,8 @@ def test_scan_summary_counts_what_was_skipped_and_why(corpus, trained):
     assert f"{sum(skipped.values())} of {n_images} images skipped as corrupt" in summary, summary
     for reason, n in skipped.items():
         assert f"{n} {reason}" in summary, (reason, summary)
-    assert "1 duplicate rows removed" in summary and "1 corrupt JPEGs restored" in summary
+    restored = sum(c.kind.startswith("image: JPEG") and c.outcome == FIX for c in corpus["cases"])
+    assert "1 duplicate rows removed" in summary and f"{restored} corrupt JPEGs restored" in summary
     missing = [c for c in corpus["cases"] if c.kind == "label: missing file"][0]
     assert f"1 images have no label file and are used as backgrounds (e.g. {missing.path} is missing)" in summary
 

@@ -20,7 +20,7 @@ import yaml
 import train
 from detect_helpers import captured_log
 from models.yolo import DetectionModel
-from utils.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint
 from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.train_utils import RESULT_KEYS, load_hyp

@@ -10,7 +10,7 @@ import yaml
 
 import val
 from detect_helpers import NAMES, captured_log, lively_model, save_legacy, save_own
-from utils.checkpoint import UntrustedCheckpointError
+from models.checkpoint import UntrustedCheckpointError
 
 
 def make_dataset(root: Path, n: int = 4) -> Path:

@@ -7,6 +7,7 @@ that YOLOv5 also rejects or could not train on.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import NamedTuple, Optional
@@ -70,21 +71,48 @@ def _check_image(im_file: str, prefix: str, msgs: list, fixes: dict) -> tuple:
 
 
 def _repair_jpeg(im_file: str, prefix: str, msgs: list, fixes: dict) -> None:
-    """A JPEG without the FFD9 end marker is re-encoded in place (quality 100), as YOLOv5 does; if Pillow cannot
-    decode it (truncated data) or the file cannot be rewritten, the image is rejected, again as in YOLOv5."""
+    """A JPEG without the FFD9 end marker is re-encoded in place (quality 100), as YOLOv5 does. When Pillow stops at
+    the missing marker, the file is still restored if its scan data is complete (only the marker was lost); a file
+    whose scan data is cut short, or that cannot be rewritten, is rejected."""
     with open(im_file, "rb") as f:
-        f.seek(-2, 2)
-        if f.read() == b"\xff\xd9":
-            return
+        data = f.read()
+    if data.endswith(b"\xff\xd9"):
+        return
     try:
-        with Image.open(im_file) as im:
-            fixed = ImageOps.exif_transpose(im)
-            fixed.load()
+        try:
+            im = _decode(data)
+        except OSError:  # "image file is truncated": the decoder wanted the marker or more data
+            body = _complete_scan(data)
+            if body is None:
+                raise
+            im = _decode(body + b"\xff\xd9")
+        fixed = ImageOps.exif_transpose(im)
         atomic_write(im_file, lambda f: fixed.save(f, "JPEG", subsampling=0, quality=100))
     except Exception as e:
         raise Rejected("truncated JPEG", f"JPEG lacks its end marker and could not be restored ({e})") from None
     fixes["corrupt JPEGs restored"] = 1
     msgs.append(f"{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored and saved (re-encoded in place, quality 100)")
+
+
+def _decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def _complete_scan(data: bytes) -> Optional[bytes]:
+    """The file's bytes without the torn marker if its entropy-coded data is complete, else None.
+
+    With the marker appended, a complete scan decodes the same whether or not filler bytes stand before the marker
+    (the decoder has read every block and skips them); a scan cut short decodes the filler as image data instead.
+    """
+    body = data[:-1] if data.endswith(b"\xff") else data  # cut 1 byte short: the first half of FFD9 is there
+    try:
+        closed = np.asarray(_decode(body + b"\xff\xd9"))
+        padded = np.asarray(_decode(body + b"\x55" * 64 + b"\xff\xd9"))
+    except Exception:
+        return None
+    return body if np.array_equal(closed, padded) else None
 
 
 def read_label_rows(lb_file: str) -> list:

@@ -1,7 +1,7 @@
 """Reporting detections as text (log counts, box labels, YOLO label rows) and timing the three inference stages.
 
 Detections here are (n, 6) tensors [x1, y1, x2, y2, conf, cls] in original-image pixels, as NMS and scale_boxes
-leave them. Used by detect.py and by the Python API's Detections (models/autoshape.py).
+leave them. Used by detect.py and by the Python API's Detections (inference/autoshape.py).
 """
 
 from typing import Dict, Sequence, Union

@@ -14,6 +14,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 
+from models import common, yolo
 from utils.files import atomic_write
 from utils.logger import LOGGER
 
@@ -29,7 +30,6 @@ class UntrustedCheckpointError(RuntimeError):
 
 
 def _project_classes():
-    from models import common, yolo  # late import: models import utils
     names = [n for n in dir(common) if isinstance(getattr(common, n), type) and issubclass(getattr(common, n), nn.Module)]
     classes = [getattr(common, n) for n in names] + [yolo.Detect, yolo.DetectionModel, yolo.BaseModel]
     return classes
@@ -38,7 +38,6 @@ def _project_classes():
 def safe_globals() -> list:
     """Allow-list for weights_only loading: this project's blocks, the torch.nn layers they use, and aliases for
     the module paths other YOLOv5 distributions pickle (`yolov5.models.common.Conv`, `models.yolo.Model`)."""
-    from models import yolo
     allowed = list(_NN_CLASSES) + [set]
     for cls in _project_classes():
         allowed.append(cls)
