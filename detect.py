@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning starves loader workers on small CPUs
+if __name__ == "__main__":  # as a script only: importing this module leaves the process as it was
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of starving loader workers
 import cv2  # noqa: E402
 import torch  # noqa: E402
 
@@ -21,8 +22,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from inference.backends import DetectMultiBackend, backend_kind  # noqa: E402
-from models.experimental import attempt_load  # noqa: E402
+from inference.backends import backend_kind, load_model  # noqa: E402
 from utils.boxes import scale_boxes  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError, strip_optimizer  # noqa: E402
 from utils.checks import check_img_size, check_thresholds, display_available  # noqa: E402
@@ -32,8 +32,9 @@ from utils.files import check_yaml, increment_path, yaml_load  # noqa: E402
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.plots import Annotator, colors  # noqa: E402
-from utils.results import Stopwatch, box_label, class_name, count_summary, txt_row  # noqa: E402
-from utils.torch_utils import select_device, smart_inference_mode  # noqa: E402
+from utils.results import (Stopwatch, box_label, class_name, count_summary, names_dict, saved_line,  # noqa: E402
+                           speed_line, txt_row)
+from utils.torch_utils import keep_freed_memory, select_device, smart_inference_mode  # noqa: E402
 
 DEFAULT_WEIGHTS = "yolov5n_shuffle.pt"  # the small model shipped in the repo root
 URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
@@ -57,17 +58,6 @@ def resolve_weights(weights) -> list:
     return out
 
 
-def load_model(weights: list, device: torch.device, half: bool, trust: bool, data):
-    """attempt_load one checkpoint (or an ensemble), or an exported model through DetectMultiBackend;
-    -> (model, names {id: name}, max stride)."""
-    if any(backend_kind(w) != "pytorch" for w in weights):
-        model = DetectMultiBackend(weights, device=device, data=data, fp16=half, trust=trust)
-        return model, model_names(model, data), int(model.stride.max())
-    model = attempt_load(weights if len(weights) > 1 else weights[0], device=device, trust=trust)
-    names = model_names(model, data)
-    return (model.half() if half else model.float()), names, int(model.stride.max())
-
-
 def model_names(model, data) -> dict:
     """The model's class names; only a model without names takes them from --data (else class0, class1, ...)."""
     names = getattr(model, "names", None)
@@ -76,8 +66,7 @@ def model_names(model, data) -> dict:
             names = yaml_load(check_yaml(data)).get("names")
         except (FileNotFoundError, ValueError) as e:
             LOGGER.warning(f"WARNING: the model has no class names and --data could not give them ({e})")
-    if isinstance(names, (list, tuple)):
-        names = dict(enumerate(names))
+    names = names_dict(names)
     nc = getattr(model, "nc", None) or getattr(model.model[-1], "nc", 0)
     return dict(names) if names else {i: f"class{i}" for i in range(int(nc))}
 
@@ -209,12 +198,9 @@ class ResultSaver:
 
 def log_summary(seen: int, dt, imgsz, save_dir: Path, save_txt: bool, save_img: bool) -> None:
     """YOLOv5's closing lines: per-image speed, then where the results went."""
-    t = tuple(x.t / seen * 1e3 for x in dt)
-    LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {(1, 3, *imgsz)}" % t)
+    LOGGER.info(speed_line([x.t / seen * 1e3 for x in dt], (1, 3, *imgsz)))
     if save_txt or save_img:
-        n = len(list(save_dir.glob("labels/*.txt")))
-        s = f"\n{n} labels saved to {save_dir / 'labels'}" if save_txt else ""
-        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}{s}")
+        LOGGER.info(saved_line(save_dir, save_txt))
 
 
 def _remove_if_empty(save_dir: Path) -> None:
@@ -230,7 +216,8 @@ def prepare_model(weights, device: str, half: bool, dnn: bool, trust: bool, data
     half = check_half(half, device)
     if dnn:
         LOGGER.warning("WARNING: --dnn (OpenCV DNN for ONNX models) is not supported; using the PyTorch model")
-    model, names, stride = load_model(weights, device, half, trust, data)
+    model = load_model(weights, device, half, trust, data)
+    names, stride = model_names(model, data), int(model.stride.max())
     return model, names, stride, device, half
 
 
@@ -346,6 +333,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> None:
     set_logging()
+    keep_freed_memory()  # the script's own process: reuse freed memory instead of page-faulting each forward
     LOGGER.info(colorstr("detect: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
     run(**vars(opt))
 

@@ -16,7 +16,8 @@ from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning starves loader workers on small CPUs
+if __name__ == "__main__":  # as a script only: importing this module leaves the process as it was
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of starving loader workers
 import numpy as np
 import torch
 import torch.distributed as dist

@@ -8,9 +8,11 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: spinning starves loader workers on small CPUs
+if __name__ == "__main__":  # as a script only: importing val.py (train.py does) leaves the process as it was
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of starving loader workers
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -19,8 +21,9 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
+from inference.backends import load_model  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError  # noqa: E402
+from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh  # noqa: E402
 from utils.checks import check_img_size  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.datasets_yaml import check_dataset  # noqa: E402
@@ -28,35 +31,19 @@ from utils.files import increment_path  # noqa: E402
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.metrics import ConfusionMatrix, ap_per_class, process_batch  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.plots import output_to_target, plot_images  # noqa: E402
-from utils.torch_utils import select_device, smart_inference_mode, time_sync  # noqa: E402
+from utils.plots import output_to_target, plot_ap_curves, plot_confusion_matrix, plot_images  # noqa: E402
+from utils.results import Stopwatch, names_dict, saved_line, speed_line, txt_row  # noqa: E402
+from utils.torch_utils import keep_freed_memory, select_device, smart_inference_mode  # noqa: E402
 
 HEADER = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
 ROW = "%22s" + "%11i" * 2 + "%11.3g" * 4
 
 
-class Stopwatch:
-    """Accumulates seconds spent inside `with` blocks (CUDA-synchronised)."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __enter__(self):
-        self.start = time_sync()
-        return self
-
-    def __exit__(self, *exc):
-        self.t += time_sync() - self.start
-
-
 def save_one_txt(predn: torch.Tensor, save_conf: bool, shape, file: Path) -> None:
     """Append predictions (n, 6) [xyxy px, conf, cls] as 'cls x y w h [conf]' rows, normalized to image size."""
-    gn = torch.tensor(shape)[[1, 0, 1, 0]]  # w, h, w, h
     with open(file, "a") as f:
         for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(("%g " * len(line)).rstrip() % line + "\n")
+            f.write(txt_row(xyxy, conf, cls, shape, save_conf) + "\n")
 
 
 def save_one_json(predn: torch.Tensor, jdict: list, path: Path, class_map) -> None:
@@ -73,17 +60,6 @@ def coco80_to_coco91_class() -> list:
     """COCO's 80 contiguous class indices -> the 91-id category numbering used by its annotation files."""
     missing = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
     return [i for i in range(1, 91) if i not in missing]
-
-
-def load_model(weights, device, data, half, trust_weights=False):
-    """Load weights for validation (PyTorch checkpoints, or exported files through the multi-backend loader)."""
-    from models.experimental import attempt_load
-    w = weights[0] if isinstance(weights, (list, tuple)) and len(weights) == 1 else weights
-    if isinstance(w, (str, Path)) and (Path(w).suffix not in (".pt", ".pth", "") or Path(w).is_dir()):
-        from inference.backends import DetectMultiBackend  # exported formats (issue: export)
-        return DetectMultiBackend(w, device=device, data=data, fp16=half)
-    model = attempt_load(w, device=device, trust=trust_weights)
-    return model.half() if half else model.float()
 
 
 def _match_image(pred, labels, im_shape, shape, ratio_pad, iouv, single_cls, confusion_matrix, plots):
@@ -109,7 +85,10 @@ def summarize(stats, nc, names, seen, plots, save_dir, verbose, training):
     mp = mr = map50 = map_ = 0.0
     ap, ap50, ap_class = np.zeros(0), np.zeros(0), np.zeros(0, int)
     if len(stats) and stats[0].any():
-        tp, fp, p, r, f1, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
+        curves = {} if plots else None
+        tp, fp, p, r, f1, ap, ap_class = ap_per_class(*stats, curves=curves)
+        if plots:
+            plot_ap_curves(curves, save_dir, names)
         ap50, ap = ap[:, 0], ap.mean(1)
         mp, mr, map50, map_ = p.mean(), r.mean(), ap50.mean(), ap.mean()
     nt = np.bincount(stats[3].astype(int), minlength=nc) if len(stats) else np.zeros(nc, int)
@@ -152,6 +131,89 @@ def evaluate_json(jdict, weights, data, save_dir, is_coco, map50, map_):
     return ev.stats[1], ev.stats[0]
 
 
+@dataclass
+class _Tally:
+    """What the per-batch loop accumulates: matches per image, images seen, losses, JSON records and timings."""
+    nc: int
+    device: torch.device
+    stats: list = field(default_factory=list)  # per image: (correct (n, 10), conf (n,), cls (n,), label cls (m,))
+    seen: int = 0
+    jdict: list = field(default_factory=list)
+    dt: tuple = field(default_factory=lambda: (Stopwatch(), Stopwatch(), Stopwatch()))
+    loss: torch.Tensor = None
+    confusion: ConfusionMatrix = None
+
+    def __post_init__(self):
+        self.loss = torch.zeros(3, device=self.device)
+        self.confusion = ConfusionMatrix(nc=self.nc)
+
+
+def _load_standalone(weights, device, batch_size, imgsz, half, trust_weights, data):
+    """val.py run by itself: load the model and the dataset description. -> (model, device, half, imgsz, batch, data)"""
+    device = select_device(device, batch_size=batch_size)
+    half &= device.type == "cuda"
+    model = load_model(weights, device, half, trust_weights, data)
+    stride = int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
+    imgsz = check_img_size(imgsz, s=stride)
+    if getattr(model, "batch_one_only", False) and batch_size != 1:
+        LOGGER.info(f"Forcing --batch-size 1 for {weights}: this backend runs one image at a time")
+        batch_size = 1
+    return model, device, half, imgsz, batch_size, check_dataset(data)
+
+
+def _standalone_loader(model, weights, data, task, nc, single_cls, imgsz, batch_size, workers):
+    """The split's dataloader, after checking the model's classes agree with the dataset's."""
+    ncm = getattr(model, "nc", nc)
+    if ncm != nc and not single_cls:
+        raise ValueError(f"{weights} was trained on {ncm} classes but --data {data.get('yaml_file', data)} "
+                         f"has {nc}; pass the dataset the model was trained on")
+    pad, rect = (0.0, False) if task == "speed" else (0.5, not getattr(model, "batch_one_only", False))
+    task = task if task in ("train", "val", "test") else "val"
+    if not data.get(task):
+        raise ValueError(f"--task {task}: the dataset yaml has no '{task}' split")
+    stride = int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
+    return create_dataloader(data[task], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
+                             workers=workers, prefix=colorstr(f"{task}: "))[0]
+
+
+def _validate_batch(model, batch, tally: _Tally, iouv, half, compute_loss, augment, nms: dict, single_cls, save):
+    """One batch: pre-process, infer (and loss), NMS, then match each image's detections to its labels."""
+    im, targets, paths, shapes = batch
+    dt, device = tally.dt, tally.device
+    with dt[0]:
+        im = im.to(device, non_blocking=True)
+        im = (im.half() if half else im.float()) / 255
+        targets = targets.to(device)
+        nb, _, height, width = im.shape
+    with dt[1]:
+        preds, train_out = model(im) if compute_loss else (model(im, augment=augment), None)
+    if compute_loss:
+        tally.loss += compute_loss(train_out, targets)[1]
+    targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
+    lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if save["hybrid"] else []
+    with dt[2]:
+        preds = non_max_suppression(preds, labels=lb, multi_label=True, agnostic=single_cls, **nms)
+    for si, pred in enumerate(preds):
+        labels = targets[targets[:, 0] == si, 1:]
+        path, shape = Path(paths[si]), shapes[si][0]
+        tally.seen += 1
+        if len(pred) == 0:
+            if len(labels):
+                tally.stats.append((torch.zeros(0, iouv.numel(), dtype=torch.bool, device=device),
+                                    *torch.zeros((2, 0), device=device), labels[:, 0]))
+                if save["plots"]:
+                    tally.confusion.process_batch(detections=None, labels=labels[:, 0])
+            continue
+        predn, correct = _match_image(pred, labels, im[si].shape[1:], shape, shapes[si][1], iouv,
+                                      single_cls, tally.confusion, save["plots"])
+        tally.stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
+        if save["txt"]:
+            save_one_txt(predn, save["conf"], shape, save["dir"] / "labels" / f"{path.stem}.txt")
+        if save["json"]:
+            save_one_json(predn, tally.jdict, path, save["class_map"])
+    return im, targets, preds
+
+
 @smart_inference_mode()
 def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300, task="val",
         device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False, save_hybrid=False,
@@ -164,97 +226,44 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         device = next(model.parameters()).device
         half &= device.type != "cpu"
         model.half() if half else model.float()
-        stride = int(model.stride.max())
     else:
-        device = select_device(device, batch_size=batch_size)
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-        half &= device.type == "cuda"
-        model = load_model(weights, device, data, half, trust_weights)
-        stride = int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
-        imgsz = check_img_size(imgsz, s=stride)
-        if getattr(model, "batch_one_only", False) and batch_size != 1:
-            LOGGER.info(f"Forcing --batch-size 1 for {weights}: this backend runs one image at a time")
-            batch_size = 1
-        data = check_dataset(data)
-
+        model, device, half, imgsz, batch_size, data = _load_standalone(weights, device, batch_size, imgsz, half,
+                                                                        trust_weights, data)
     model.eval()
     is_coco = isinstance(data.get("val"), str) and data["val"].replace("\\", "/").endswith("coco/val2017.txt")
     nc = 1 if single_cls else int(data["nc"])
     iouv = torch.linspace(0.5, 0.95, 10, device=device)
-
     if not training:
-        ncm = getattr(model, "nc", nc)
-        if ncm != nc and not single_cls:
-            raise ValueError(f"{weights} was trained on {ncm} classes but --data {data.get('yaml_file', data)} "
-                             f"has {nc}; pass the dataset the model was trained on")
-        pad, rect = (0.0, False) if task == "speed" else (0.5, not getattr(model, "batch_one_only", False))
-        task = task if task in ("train", "val", "test") else "val"
-        if not data.get(task):
-            raise ValueError(f"--task {task}: the dataset yaml has no '{task}' split")
-        dataloader = create_dataloader(data[task], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
-                                       workers=workers, prefix=colorstr(f"{task}: "))[0]
+        dataloader = _standalone_loader(model, weights, data, task, nc, single_cls, imgsz, batch_size, workers)
 
-    names = model.names if hasattr(model, "names") else model.module.names
-    if isinstance(names, (list, tuple)):
-        names = dict(enumerate(names))
-    class_map = coco80_to_coco91_class() if is_coco else list(range(1000))
-    confusion_matrix = ConfusionMatrix(nc=nc)
-    dt = Stopwatch(), Stopwatch(), Stopwatch()
-    loss = torch.zeros(3, device=device)
-    jdict, stats, seen = [], [], 0
+    names = names_dict(model.names if hasattr(model, "names") else model.module.names)
+    save = {"txt": save_txt, "conf": save_conf, "hybrid": save_hybrid, "json": save_json, "plots": plots,
+            "dir": save_dir, "class_map": coco80_to_coco91_class() if is_coco else list(range(1000))}
+    nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "max_det": max_det}
+    tally = _Tally(nc=nc, device=device)
     pbar = tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}", disable=not LOGGER.isEnabledFor(20))
-    for batch_i, (im, targets, paths, shapes) in enumerate(pbar):
-        with dt[0]:
-            im = im.to(device, non_blocking=True)
-            im = (im.half() if half else im.float()) / 255
-            targets = targets.to(device)
-            nb, _, height, width = im.shape
-        with dt[1]:
-            preds, train_out = model(im) if compute_loss else (model(im, augment=augment), None)
-        if compute_loss:
-            loss += compute_loss(train_out, targets)[1]
-        targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to input pixels
-        lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if save_hybrid else []
-        with dt[2]:
-            preds = non_max_suppression(preds, conf_thres, iou_thres, labels=lb, multi_label=True,
-                                        agnostic=single_cls, max_det=max_det)
-        for si, pred in enumerate(preds):
-            labels = targets[targets[:, 0] == si, 1:]
-            path, shape = Path(paths[si]), shapes[si][0]
-            seen += 1
-            if len(pred) == 0:
-                if len(labels):
-                    stats.append((torch.zeros(0, iouv.numel(), dtype=torch.bool, device=device),
-                                  *torch.zeros((2, 0), device=device), labels[:, 0]))
-                    if plots:
-                        confusion_matrix.process_batch(detections=None, labels=labels[:, 0])
-                continue
-            predn, correct = _match_image(pred, labels, im[si].shape[1:], shape, shapes[si][1], iouv,
-                                          single_cls, confusion_matrix, plots)
-            stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
-            if save_txt:
-                save_one_txt(predn, save_conf, shape, save_dir / "labels" / f"{path.stem}.txt")
-            if save_json:
-                save_one_json(predn, jdict, path, class_map)
+    for batch_i, batch in enumerate(pbar):
+        im, targets, preds = _validate_batch(model, batch, tally, iouv, half, compute_loss, augment, nms, single_cls,
+                                             save)
         if plots and batch_i < 3:
+            paths = batch[2]
             plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
             plot_images(im, output_to_target(preds), paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
 
-    mp, mr, map50, map_, maps = summarize(stats, nc, names, seen, plots, save_dir, verbose, training)
-    t = tuple(x.t / max(seen, 1) * 1e3 for x in dt)
+    mp, mr, map50, map_, maps = summarize(tally.stats, nc, names, tally.seen, plots, save_dir, verbose, training)
+    t = tuple(x.t / max(tally.seen, 1) * 1e3 for x in tally.dt)
     if not training:
-        shape = (batch_size, 3, imgsz, imgsz)
-        LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % t)
+        LOGGER.info(speed_line(t, (batch_size, 3, imgsz, imgsz)))
     if plots:
-        confusion_matrix.plot(save_dir=save_dir, names=list(names.values()))
-    if save_json and jdict:
-        map50, map_ = evaluate_json(jdict, weights, data, save_dir, is_coco, map50, map_)
+        plot_confusion_matrix(tally.confusion.matrix, save_dir / "confusion_matrix.png", list(names.values()))
+    if save_json and tally.jdict:
+        map50, map_ = evaluate_json(tally.jdict, weights, data, save_dir, is_coco, map50, map_)
     if not training:
-        s = f"\n{len(list(save_dir.glob('labels/*.txt')))} labels saved to {save_dir / 'labels'}" if save_txt else ""
-        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}{s}")
+        LOGGER.info(saved_line(save_dir, save_txt))
     model.float()
-    return (mp, mr, map50, map_, *(loss.cpu() / max(len(dataloader), 1)).tolist()), maps, t
+    return (mp, mr, map50, map_, *(tally.loss.cpu() / max(len(dataloader), 1)).tolist()), maps, t
 
 
 def parse_opt(argv=None):
@@ -291,6 +300,7 @@ def parse_opt(argv=None):
 
 def main(opt):
     set_logging()
+    keep_freed_memory()  # the script's own process: reuse freed memory instead of page-faulting each forward
     if opt.task in ("train", "val", "test"):
         if opt.conf_thres > 0.001:
             LOGGER.warning(f"WARNING: --conf-thres {opt.conf_thres} > 0.001 gives invalid mAP values")

@@ -25,7 +25,7 @@ from utils.files import increment_path
 from utils.logger import LOGGER, colorstr
 from utils.nms import non_max_suppression
 from utils.plots import Annotator, colors
-from utils.results import Stopwatch, box_label, class_name, count_summary
+from utils.results import Stopwatch, box_label, class_name, count_summary, speed_line
 from utils.torch_utils import smart_inference_mode
 
 ACCEPTED = ("a file path, a numpy HWC RGB uint8 array, a PIL image, or a list of those; "
@@ -244,8 +244,7 @@ class Detections:
             s = f"image {i + 1}/{self.n}: {im.shape[0]}x{im.shape[1]} "
             s += count_summary(det[:, 5], self.names).rstrip(", ") if len(det) else "(no detections)"
             lines.append(s)
-        speed = "Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image" % self.t
-        return "\n".join(lines) + f"\n{speed}{f' at shape {self.s}' if self.s else ''}"
+        return "\n".join(lines) + "\n" + speed_line(self.t, self.s)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__} ({self.n} image{'s' * (self.n != 1)})\n{self}"

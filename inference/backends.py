@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from utils.files import yaml_load
 from utils.logger import LOGGER
+from utils.results import names_dict
 
 ACCEPTED = ("a PyTorch checkpoint (.pt), a .torchscript or .onnx file, an <name>_openvino_model folder (or its .xml) "
             "or an <name>_ncnn_model folder, as written by export.py")
@@ -58,13 +59,6 @@ def _existing(path: Path, kind: str) -> Path:
     return path
 
 
-def _int_keys(names) -> dict:
-    """Class names from metadata ({'0': 'a'} from JSON, a list, or a dict) as {int: str}."""
-    if isinstance(names, (list, tuple)):
-        return dict(enumerate(names))
-    return {int(k): str(v) for k, v in (names or {}).items()}
-
-
 class _TorchScriptRunner:
     """A traced model from export.py; config.txt gives stride, names and the export shape."""
 
@@ -75,7 +69,7 @@ class _TorchScriptRunner:
             self.model = torch.jit.load(str(_existing(path, "TorchScript")), _extra_files=extra, map_location=device)
         self.model = (self.model.half() if fp16 else self.model.float()).eval()
         meta = json.loads(extra["config.txt"] or "{}")
-        self.stride, self.names = meta.get("stride", 32), _int_keys(meta.get("names"))
+        self.stride, self.names = meta.get("stride", 32), names_dict(meta.get("names"))
         self.fixed_shape, self.fp16 = None, fp16  # export.py traces TorchScript with a shape-dependent grid
 
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
@@ -95,7 +89,7 @@ class _OnnxRunner:
         self.session = ort.InferenceSession(str(_existing(path, "ONNX")), so, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.stride = int(meta.get("stride", 32))
-        self.names = _int_keys(ast.literal_eval(meta["names"])) if "names" in meta else {}
+        self.names = names_dict(ast.literal_eval(meta["names"])) if "names" in meta else {}
         inp = self.session.get_inputs()[0]
         self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
         self.fixed_shape = tuple(inp.shape) if all(isinstance(d, int) for d in inp.shape) else None
@@ -124,7 +118,7 @@ class _OpenVinoRunner:
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                   "INFERENCE_PRECISION_HINT": "f16" if fp16 else "f32"}
         self.compiled = core.compile_model(model, "CPU", config)
-        self.stride, self.names, self.fp16 = meta.get("stride", 32), _int_keys(meta.get("names")), False
+        self.stride, self.names, self.fp16 = meta.get("stride", 32), names_dict(meta.get("names")), False
 
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
         y = self.compiled(im.cpu().numpy().astype(np.float32))
@@ -148,7 +142,7 @@ class _NcnnRunner:
         self.net.opt.use_fp16_storage = self.net.opt.use_fp16_arithmetic = self.net.opt.use_fp16_packed = fp16
         self.net.load_param(str(param))
         self.net.load_model(str(weights))
-        self.stride, self.names, self.fp16 = meta.get("stride", 32), _int_keys(meta.get("names")), False
+        self.stride, self.names, self.fp16 = meta.get("stride", 32), names_dict(meta.get("names")), False
         self.fixed_shape = (1, *meta["shape"][1:]) if meta.get("shape") else None
 
     def __call__(self, im: torch.Tensor) -> torch.Tensor:
@@ -197,7 +191,7 @@ class DetectMultiBackend(nn.Module):
             stride, names = self.runner.stride, self.runner.names
         self.stride = torch.tensor([float(stride)])
         self.batch_one_only = bool(self.fixed_shape) and self.fixed_shape[0] == 1
-        self.names = _int_keys(names) or self._names_from(data)
+        self.names = names_dict(names) or self._names_from(data)
         self.nc = len(self.names)
 
     def _names_from(self, data) -> dict:
@@ -207,7 +201,7 @@ class DetectMultiBackend(nn.Module):
                 from utils.files import check_yaml
                 names = yaml_load(check_yaml(data)).get("names")
                 if names:
-                    return _int_keys(names)
+                    return names_dict(names)
             except (FileNotFoundError, ValueError):
                 pass
         shape = self.fixed_shape or (1, 3, 64, 64)
@@ -235,3 +229,15 @@ class DetectMultiBackend(nn.Module):
         shape = self.fixed_shape or tuple(imgsz)
         with torch.inference_mode():
             self.forward(torch.zeros(shape, device=self.device))
+
+
+def load_model(weights, device: torch.device, half: bool = False, trust: bool = False, data=None) -> nn.Module:
+    """The model detect.py and val.py run: attempt_load for PyTorch checkpoints (several make an ensemble),
+    DetectMultiBackend for the files export.py writes; FP16 when `half`."""
+    weights = [str(w) for w in weights] if isinstance(weights, (list, tuple)) else [str(weights)]
+    one = weights[0] if len(weights) == 1 else weights
+    if any(backend_kind(w) != "pytorch" for w in weights):
+        return DetectMultiBackend(one, device=device, data=data, fp16=half, trust=trust)
+    from models.experimental import attempt_load  # the PyTorch path only: exported models need no model code
+    model = attempt_load(one, device=device, trust=trust)
+    return model.half() if half else model.float()

@@ -9,6 +9,7 @@ import torch.nn as nn
 from models.yolo import Detect, DetectionModel
 from models.checkpoint import load_checkpoint
 from utils.logger import LOGGER
+from utils.results import names_dict
 
 
 class Ensemble(nn.ModuleList):
@@ -38,7 +39,7 @@ def model_from_checkpoint(ckpt, source="checkpoint") -> nn.Module:
     if not hasattr(model, "nc") and isinstance(model.model[-1], Detect):  # set by train.py; absent on fresh models
         model.nc = model.model[-1].nc
     if isinstance(getattr(model, "names", None), (list, tuple)):
-        model.names = dict(enumerate(model.names))
+        model.names = names_dict(model.names)
     return _upgrade(model)
 
 

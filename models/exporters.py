@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from utils.files import atomic_write, yaml_save
 from utils.logger import LOGGER
+from utils.results import names_dict
 
 
 class MissingPackage(ImportError):
@@ -42,8 +43,7 @@ def require(module: str, fmt: str, install: str):
 
 def model_metadata(model: nn.Module, im: torch.Tensor) -> dict:
     """What every exported file carries: max stride (int), class names {id: name} and the input shape."""
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    return {"stride": int(max(model.stride)), "names": names, "shape": list(im.shape)}
+    return {"stride": int(max(model.stride)), "names": names_dict(model.names), "shape": list(im.shape)}
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import (initialize_weights, keep_freed_memory, model_info, scale_img, select_device,  # noqa: E402
+from utils.torch_utils import (initialize_weights, model_info, scale_img, select_device,  # noqa: E402
                                time_sync)
 
 # Module names a model yaml may use. Built explicitly (no eval); YOLOv5-Lite's spellings are accepted as aliases.
@@ -180,15 +180,13 @@ class BaseModel(nn.Module):
     def fuse(self):
         """Prepare for inference: every block that can fuse itself folds its BatchNorms, then the conv weights go
         channels-last (see set_conv_memory_format); same outputs within float tolerance, and the unfused
-        model's checkpoint format is untouched. A model on the CPU also makes malloc keep freed activations for
-        the next forward (keep_freed_memory: no page faults per image)."""
+        model's checkpoint format is untouched. Process-wide settings are left alone: the scripts opt in to
+        utils.torch_utils.keep_freed_memory themselves."""
         LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if hasattr(m, "fuse") and callable(m.fuse):
                 m.fuse()
         set_conv_memory_format(self, torch.channels_last)
-        if all(p.device.type == "cpu" for p in self.parameters()):
-            keep_freed_memory()
         self.info()
         return self
 

@@ -213,8 +213,9 @@ def test_fused_matches_unfused_and_keeps_the_checkpoint_format(cfg):
 FAULTS_SCRIPT = """
 import resource, sys, torch
 import models.yolo
-if sys.argv[1] == "untuned":  # what fuse() did before it called keep_freed_memory
-    models.yolo.keep_freed_memory = lambda: False
+from utils import torch_utils
+if sys.argv[1] == "tuned":  # what detect.py, val.py and benchmarks.py do first
+    torch_utils.keep_freed_memory()
 torch.set_num_threads(1)
 model = models.yolo.DetectionModel("yolov5n.yaml").eval().fuse()
 im = torch.zeros(1, 3, 640, 640)
@@ -230,7 +231,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning and /proc page-fault counts")
 def test_fused_cpu_forwards_reuse_memory_without_page_faults():
     """At 640, glibc would map yolov5n's large activations fresh on every forward (thousands of page faults, ~20 %
-    of the time); after fuse() on the CPU the next forwards reuse freed memory."""
+    of the time); after the scripts' keep_freed_memory() the next forwards reuse freed memory."""
     def faults(mode):
         out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout

@@ -7,12 +7,10 @@ import numpy as np
 import torch
 
 from utils.metrics import ConfusionMatrix, ap_per_class
-from utils.plots import (Annotator, colors, feature_visualization, output_to_target, plot_images, plot_labels,
-                         plot_mc_curve, plot_pr_curve, plot_results)
+from utils.plots import (Annotator, colors, feature_visualization, output_to_target, plot_ap_curves,
+                         plot_confusion_matrix, plot_images, plot_labels, plot_mc_curve, plot_pr_curve, plot_results)
 
-RESULTS_HEADER = ("epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
-                  "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
-                  "val/cls_loss", "x/lr0", "x/lr1", "x/lr2")
+from utils.train_utils import RESULT_KEYS as RESULTS_HEADER
 
 
 def test_colors_palette():
@@ -64,8 +62,10 @@ def test_plot_labels(tmp_path):
 
 def test_curves_from_ap_per_class(tmp_path):
     tp = np.array([[1], [0], [1], [1]], dtype=bool)
-    ap_per_class(tp, np.array([0.9, 0.8, 0.5, 0.4]), np.array([0, 0, 1, 1]), np.array([0, 1, 1]), plot=True,
-                 save_dir=tmp_path, names={0: "a", 1: "b"})
+    curves = {}
+    ap_per_class(tp, np.array([0.9, 0.8, 0.5, 0.4]), np.array([0, 0, 1, 1]), np.array([0, 1, 1]), curves=curves)
+    assert curves["py"].shape == (2, 1000) and curves["f1"].shape == (2, 1000)
+    plot_ap_curves(curves, tmp_path, names={0: "a", 1: "b"})
     for name in ("PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"):
         assert (tmp_path / name).stat().st_size > 0
 
@@ -80,7 +80,7 @@ def test_curve_plots_many_classes(tmp_path):
 def test_confusion_matrix_plot(tmp_path):
     cm = ConfusionMatrix(nc=2)
     cm.process_batch(torch.tensor([[0, 0, 10, 10, 0.9, 0.0]]), torch.tensor([[0, 0, 0, 10, 10.0]]))
-    cm.plot(normalize=True, save_dir=tmp_path, names={0: "a", 1: "b"})
+    plot_confusion_matrix(cm.matrix, tmp_path / "confusion_matrix.png", names={0: "a", 1: "b"})
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
 
 

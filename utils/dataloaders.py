@@ -29,9 +29,8 @@ from utils.label_cache import load_or_scan
 from utils.label_check import check_label_classes
 from utils.logger import LOGGER
 from utils.media_sources import LoadImages, LoadStreams  # noqa: F401
-from utils.torch_utils import torch_distributed_zero_first
+from utils.torch_utils import RANK, torch_distributed_zero_first
 
-RANK = int(os.getenv("RANK", -1))
 GENERATOR_SEED = 6148914691236517205  # 0x5555...: YOLOv5's base seed for the shuffling generator
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 AUTO_CACHE_BYTES = 2 << 30  # --cache auto: cache a split in RAM when its resized images need at most this

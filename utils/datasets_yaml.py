@@ -18,6 +18,7 @@ from typing import Union
 
 from utils.files import ROOT, check_yaml, yaml_load
 from utils.logger import LOGGER, colorstr
+from utils.results import names_dict
 
 DATASET_KEYS = ("path", "train", "val", "test", "nc", "names", "download")
 SPLITS = ("train", "val", "test")
@@ -75,7 +76,7 @@ def _check_names(data: dict, src: str) -> dict:
     """names as a list or {int: str} dict -> {0: name0, 1: name1, ...}; nc, if given, must match."""
     names = data["names"]
     if isinstance(names, (list, tuple)):
-        names = dict(enumerate(names))
+        names = names_dict(names)
     if not isinstance(names, dict) or not names:
         raise ValueError(f"{src}: 'names' must be a non-empty list of class names or a {{id: name}} mapping, "
                          f"got {names!r}")

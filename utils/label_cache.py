@@ -21,10 +21,10 @@ from utils.dataset_scan import has_image_suffix
 from utils.files import atomic_write
 from utils.label_check import LabelCheck, verify_image_label
 from utils.logger import LOGGER
+from utils.torch_utils import LOCAL_RANK
 
 CACHE_VERSION = 0.6
 POOL_MIN_FILES = 256  # below this a process pool costs more than it saves
-LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 
 
 def dataset_hash(paths: Sequence[str]) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -75,28 +74,14 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple:
     return ap, mpre, mrec
 
 
-def _class_names(names: Union[dict, Sequence[str]], classes: np.ndarray) -> dict:
-    """Names of the classes present, re-indexed 0..k-1 in order (for curve legends)."""
-    names = dict(enumerate(names)) if not isinstance(names, dict) else names
-    return dict(enumerate(v for k, v in names.items() if k in classes))
-
-
-def _plot_curves(px, py, p, r, f1, ap, save_dir, names, prefix) -> None:
-    from utils.plots import plot_mc_curve, plot_pr_curve  # matplotlib only when plotting
-    save_dir = Path(save_dir)
-    plot_pr_curve(px, py, ap, save_dir / f"{prefix}PR_curve.png", names)
-    plot_mc_curve(px, f1, save_dir / f"{prefix}F1_curve.png", names, ylabel="F1")
-    plot_mc_curve(px, p, save_dir / f"{prefix}P_curve.png", names, ylabel="Precision")
-    plot_mc_curve(px, r, save_dir / f"{prefix}R_curve.png", names, ylabel="Recall")
-
-
-def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
-                 save_dir=".", names=(), eps: float = 1e-16, prefix: str = "") -> tuple:
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
+                 eps: float = 1e-16, curves: Optional[dict] = None) -> tuple:
     """Per-class AP at each IoU threshold and P/R/F1 at the confidence maximising the smoothed mean F1.
 
     tp (n, t) bool per detection and threshold; conf (n,); pred_cls (n,); target_cls (m,) label classes.
     Classes are the unique target classes; one without detections keeps AP 0. Returns (tp, fp, p, r, f1 (k,),
-    ap (k, t), classes (k,) int).
+    ap (k, t), classes (k,) int). A `curves` dict receives what utils.plots.plot_ap_curves draws: the confidence
+    grid px (1000,), PR curves py (k, 1000) at IoU 0.5, p/r/f1 (k, 1000) per confidence, ap and classes.
     """
     i = np.argsort(-conf)
     tp, conf, pred_cls = tp[i], conf[i], pred_cls[i]
@@ -117,15 +102,12 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         p[ci] = np.interp(-px, -conf[i], precision[:, 0], left=1)
         for j in range(tp.shape[1]):
             ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
-            if plot and j == 0:
+            if curves is not None and j == 0:
                 py.append(np.interp(px, mrec, mpre))
 
     f1 = 2 * p * r / (p + r + eps)
-    if plot:
-        try:
-            _plot_curves(px, py, p, r, f1, ap, save_dir, _class_names(names, unique_classes), prefix)
-        except Exception as e:  # a plot must never end a run
-            LOGGER.warning(f"WARNING: PR/F1 curve plots failed: {e}")
+    if curves is not None:
+        curves.update(px=px, py=np.array(py).reshape(-1, len(px)), p=p, r=r, f1=f1, ap=ap, classes=unique_classes)
     i = smooth(f1.mean(0), 0.1).argmax() if nc else 0
     p, r, f1 = p[:, i], r[:, i], f1[:, i]
     tp = (r * nt).round()
@@ -183,11 +165,3 @@ class ConfusionMatrix:
         """Log the raw counts, one matrix row per line."""
         for row in self.matrix:
             LOGGER.info(" ".join(f"{v:g}" for v in row))
-
-    def plot(self, normalize: bool = True, save_dir=".", names=()) -> None:
-        """Write save_dir/confusion_matrix.png; with normalize, each true-class column sums to 1."""
-        try:
-            from utils.plots import plot_confusion_matrix
-            plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
-        except Exception as e:  # a plot must never end a run
-            LOGGER.warning(f"WARNING: confusion matrix plot failed: {e}")

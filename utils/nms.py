@@ -9,17 +9,11 @@ import torch
 import torchvision
 
 from utils.boxes import xywh2xyxy
+from utils.checks import check_thresholds
 from utils.logger import LOGGER
 
 MAX_WH = 7680  # per-class box offset in pixels: boxes of different classes can never overlap
 MAX_NMS = 30000  # most candidates handed to torchvision.ops.nms per image
-
-
-def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
-    if not 0 <= conf_thres <= 1:
-        raise ValueError(f"conf_thres={conf_thres} is invalid: use a value in [0, 1]")
-    if not 0 <= iou_thres <= 1:
-        raise ValueError(f"iou_thres={iou_thres} is invalid: use a value in [0, 1]")
 
 
 def _append_apriori(x: torch.Tensor, lb: torch.Tensor, nc: int, nm: int) -> torch.Tensor:
@@ -61,7 +55,7 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
     (pred, feature_list) tuple of an eval forward. labels: optional per-image (k, 5) [cls, x, y, w, h] pixels
     added as certain candidates. Returns a list of bs tensors (n_i, 6 + nm) [x1, y1, x2, y2, conf, cls, masks].
     """
-    _check_thresholds(conf_thres, iou_thres)
+    check_thresholds(conf_thres, iou_thres)
     if isinstance(prediction, (list, tuple)):  # eval forward returns (pred, per-level outputs)
         prediction = prediction[0]
     device = prediction.device

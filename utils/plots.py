@@ -18,6 +18,9 @@ import torch
 
 from utils.boxes import xywh2xyxy, xyxy2xywh
 from utils.logger import LOGGER
+from utils.metrics import smooth
+from utils.results import names_dict
+from utils.train_utils import RESULT_KEYS
 
 
 def _never_raise(fn):
@@ -201,8 +204,7 @@ def plot_images(images, targets, paths=None, fname="images.jpg", names=None, max
     cv2.imwrite(str(fname), cv2.cvtColor(annotator.result(), cv2.COLOR_RGB2BGR))
 
 
-RESULTS_PANELS = ("train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
-                  "val/box_loss", "val/obj_loss", "val/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
+RESULTS_PANELS = RESULT_KEYS[1:6] + RESULT_KEYS[8:11] + RESULT_KEYS[6:8]  # results.png: losses and P/R, then mAPs
 
 
 def _read_results_csv(file: Path) -> dict:
@@ -248,6 +250,17 @@ def _legend_names(names, n: int) -> Optional[list]:
     return names if 0 < len(names) < 21 and len(names) >= n else None
 
 
+def plot_ap_curves(curves: dict, save_dir, names=(), prefix: str = "") -> None:
+    """The four curve figures val.py writes (PR, F1, P, R) from the `curves` that metrics.ap_per_class filled."""
+    save_dir = Path(save_dir)
+    present = names_dict(names)
+    legend = dict(enumerate(v for k, v in present.items() if k in curves["classes"]))  # classes with labels, 0..k-1
+    px = curves["px"]
+    plot_pr_curve(px, list(curves["py"]), curves["ap"], save_dir / f"{prefix}PR_curve.png", legend)
+    for key, file, label in (("f1", "F1", "F1"), ("p", "P", "Precision"), ("r", "R", "Recall")):
+        plot_mc_curve(px, curves[key], save_dir / f"{prefix}{file}_curve.png", legend, ylabel=label)
+
+
 @_never_raise
 def plot_pr_curve(px: np.ndarray, py: Sequence[np.ndarray], ap: np.ndarray, save_dir=Path("pr_curve.png"),
                   names=()) -> None:
@@ -270,7 +283,6 @@ def plot_pr_curve(px: np.ndarray, py: Sequence[np.ndarray], ap: np.ndarray, save
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_dir=Path("mc_curve.png"), names=(),
                   xlabel: str = "Confidence", ylabel: str = "Metric") -> None:
     """Metric-vs-confidence curves: px (1000,) confidence grid, py (k, 1000) one row per class."""
-    from utils.metrics import smooth
     fig, ax = _figure()
     labels = _legend_names(names, len(py))
     if labels:

@@ -4,14 +4,23 @@ Detections here are (n, 6) tensors [x1, y1, x2, y2, conf, cls] in original-image
 leave them. Used by detect.py and by the Python API's Detections (inference/autoshape.py).
 """
 
+from pathlib import Path
 from typing import Dict, Sequence, Union
 
 import torch
 
 from utils.boxes import xyxy2xywh
+from utils.logger import colorstr
 from utils.torch_utils import time_sync
 
 Names = Union[Dict[int, str], Sequence[str]]
+
+
+def names_dict(names) -> Dict[int, str]:
+    """Class names as {int id: name} from a list, a dict (JSON metadata has string keys '0', '1', ...) or None."""
+    if isinstance(names, (list, tuple)):
+        return dict(enumerate(names))
+    return {int(k): v for k, v in (names or {}).items()}
 
 
 def class_name(names: Names, c: int) -> str:
@@ -45,6 +54,18 @@ def txt_row(xyxy: Sequence[torch.Tensor], conf: torch.Tensor, cls: torch.Tensor,
     xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
     line = (float(cls), *xywh, float(conf)) if save_conf else (float(cls), *xywh)
     return ("%g " * len(line)).rstrip() % line
+
+
+def speed_line(t: Sequence[float], shape=None) -> str:
+    """YOLOv5's closing timing line from (pre-process, inference, NMS) ms per image, with the input shape if known."""
+    at = f" at shape {tuple(shape)}" if shape else ""
+    return "Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image" % tuple(t) + at
+
+
+def saved_line(save_dir, save_txt: bool) -> str:
+    """'Results saved to <dir>', plus how many label files --save-txt wrote."""
+    n = f"\n{len(list(Path(save_dir).glob('labels/*.txt')))} labels saved to {Path(save_dir) / 'labels'}" if save_txt else ""
+    return f"Results saved to {colorstr('bold', save_dir)}{n}"
 
 
 class Stopwatch:
