@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import pickle
 from collections import Counter
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -45,10 +46,36 @@ def dataset_hash(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# The only globals a cache pickle needs (numpy 1.x and 2.x module paths): arrays, dtypes, scalars.
+_CACHE_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    """np.load(allow_pickle=True) would run any code a .cache file shipped with a dataset holds; this rebuilds
+    only what a cache contains."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CACHE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"'{module}.{name}' is not something a label cache holds")
+
+
 def load_cache(path: Path) -> Optional[dict]:
-    """The cache dict at `path`, or None when it is missing or unreadable."""
+    """The cache dict at `path`, or None when it is missing, unreadable or holds anything but plain data."""
     try:
-        return np.load(path, allow_pickle=True).item()
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = header(f)
+            if shape != () or dtype != object:
+                return None
+            cache = _CacheUnpickler(f).load().item()
+        return cache if isinstance(cache, dict) else None
+    except pickle.UnpicklingError as e:
+        if "label cache holds" in str(e):
+            LOGGER.warning(f"WARNING ⚠️ {path}: ignored, it holds {e}; rescanning the labels and replacing it")
+        return None
     except Exception:  # missing, truncated or from an incompatible numpy: rescan
         return None
 
