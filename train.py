@@ -541,7 +541,8 @@ def _resumable(saved: dict, current: dict, source: str) -> dict:
         want = bool if isinstance(d, bool) else int if isinstance(d, int) else (int, float) if isinstance(d, float) \
             else None
         if want and (not isinstance(v, want) or (want is not bool and isinstance(v, bool))):
-            raise ValueError(f"{source}: option {k}: {v!r} is not a {type(d).__name__}; fix or delete that line")
+            raise ValueError(f"{source}: option {k} is {v!r}, expected {type(d).__name__} as its flag takes; "
+                             f"fix or delete that line")
     return kept
 
 

@@ -51,6 +51,10 @@ _CACHE_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiar
                   for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 
+class _ForeignObject(pickle.UnpicklingError):
+    """The cache names a class or function no label cache contains: a crafted file, never loaded."""
+
+
 class _CacheUnpickler(pickle.Unpickler):
     """np.load(allow_pickle=True) would run any code a .cache file shipped with a dataset holds; this rebuilds
     only what a cache contains."""
@@ -58,7 +62,7 @@ class _CacheUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _CACHE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"'{module}.{name}' is not something a label cache holds")
+        raise _ForeignObject(f"{module}.{name}")
 
 
 def load_cache(path: Path) -> Optional[dict]:
@@ -72,9 +76,9 @@ def load_cache(path: Path) -> Optional[dict]:
                 return None
             cache = _CacheUnpickler(f).load().item()
         return cache if isinstance(cache, dict) else None
-    except pickle.UnpicklingError as e:
-        if "label cache holds" in str(e):
-            LOGGER.warning(f"WARNING ⚠️ {path}: ignored, it holds {e}; rescanning the labels and replacing it")
+    except _ForeignObject as e:
+        LOGGER.warning(f"WARNING ⚠️ {path}: ignored: it refers to '{e}', which no label cache holds (a crafted "
+                       f"file?); rescanning the labels and replacing it")
         return None
     except Exception:  # missing, truncated or from an incompatible numpy: rescan
         return None
