@@ -332,3 +332,21 @@ def _line_of_exec() -> int:
 def test_hub_entry_names_are_bare_config_names(name):
     with pytest.raises(ValueError, match="unknown model"):
         hubconf._create(name, pretrained=False, autoshape=False, verbose=False)
+
+
+# ---------------------------------------------------------------- class names never steer where crops are written
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "ABSOLUTE"])
+def test_crops_stay_inside_the_run_folder(tmp_path, name):
+    import torch
+    from models.autoshape import Detections
+    name = str(tmp_path / "elsewhere") if name == "ABSOLUTE" else name  # a failure still writes inside tmp_path
+    run = tmp_path / "a" / "b" / "run"
+    im = np.full((64, 64, 3), 128, np.uint8)
+    det = torch.tensor([[8.0, 8.0, 40.0, 40.0, 0.9, 0.0]])
+    saver = detect.ResultSaver(run, {0: name}, 1, save_img=False, save_crop=True)
+    saver.process(det.clone(), Path("img.jpg"), im, (64, 64), 0, "image", None)
+    Detections([im], [det], ["img.jpg"], names={0: name}).crop(save_dir=run / "hub", exist_ok=True)
+    written = sorted(tmp_path.rglob("*.jpg"))
+    assert len(written) == 2 and all(run / "crops" in f.parents or run / "hub" / "crops" in f.parents
+                                     for f in written), written
