@@ -23,6 +23,7 @@ from detect_helpers import captured_log
 from utils import datasets_yaml, label_cache
 from utils.datasets_yaml import TRUST_ENV, DatasetNotFoundError, UntrustedDataError, check_dataset
 from utils.files import yaml_load
+from utils.logger import LOGGER
 from utils.train_utils import load_hyp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,15 @@ WEIGHTS = ROOT / "yolov5n_shuffle.pt"
 
 @pytest.fixture(autouse=True)
 def no_env_trust(monkeypatch):
+    """No trust from the environment; and the project logger as it was (train/val.run call set_logging, which
+    stops propagation and would hide later tests' warnings from caplog)."""
     monkeypatch.delenv(TRUST_ENV, raising=False)
     monkeypatch.delenv("YOLOV5_TRUST_WEIGHTS", raising=False)
+    state = LOGGER.level, LOGGER.propagate, list(LOGGER.handlers)
+    yield
+    LOGGER.setLevel(state[0])
+    LOGGER.propagate = state[1]
+    LOGGER.handlers[:] = state[2]
 
 
 def evil_yaml(folder: Path, marker: Path) -> Path:
