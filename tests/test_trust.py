@@ -347,7 +347,7 @@ def test_hub_entry_names_are_bare_config_names(name):
 @pytest.mark.parametrize("name", ["../../escaped", "..", "ABSOLUTE"])
 def test_crops_stay_inside_the_run_folder(tmp_path, name):
     import torch
-    from models.autoshape import Detections
+    from inference.autoshape import Detections
     name = str(tmp_path / "elsewhere") if name == "ABSOLUTE" else name  # a failure still writes inside tmp_path
     run = tmp_path / "a" / "b" / "run"
     im = np.full((64, 64, 3), 128, np.uint8)
