@@ -532,7 +532,7 @@ def resolve_resume(opt):
 
 def _resumable(saved: dict, current: dict, source: str) -> dict:
     """The saved options a resume may use: known ones, not in RESUME_FROM_CLI, of the type their flag takes."""
-    unknown = sorted(str(k) for k in saved if k not in current)
+    unknown = sorted(str(k) for k in saved if k not in current and k not in RESUME_FROM_CLI)
     if unknown:
         LOGGER.warning(f"WARNING: {source}: ignoring unknown option(s) {', '.join(unknown)}")
     kept = {k: v for k, v in saved.items() if k in current and k not in RESUME_FROM_CLI}

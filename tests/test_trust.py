@@ -274,7 +274,10 @@ def test_resume_takes_consent_and_location_from_the_command_line(tmp_path):
     hostile = {"trust_data": True, "trust_weights": True, "project": "/", "name": "etc", "save_dir": "/etc/exp",
                "exist_ok": True, "evolve": 5, "epochs": 7, "data": "elsewhere.yaml", "not_an_option": 1}
     last = _run_with_opt(tmp_path, **hostile)
-    opt = train.resolve_resume(train.parse_opt(["--resume", str(last)]))
+    with captured_log() as log:
+        opt = train.resolve_resume(train.parse_opt(["--resume", str(last)]))
+    assert [x for x in log if "unknown" in x] == [f"WARNING: {last.parent.parent / 'opt.yaml'}: ignoring unknown "
+                                                  f"option(s) not_an_option"]
     assert opt.trust_data is False and opt.trust_weights is False and opt.evolve is None
     assert opt.save_dir == str(tmp_path / "runs" / "exp") and opt.weights == str(last)
     assert opt.epochs == 7 and opt.data == "elsewhere.yaml"  # the run's own settings do carry over

@@ -2,6 +2,8 @@
 
 The cache is an np.save'd dict: {image path: [labels (n, 5) float32, (w, h), segments], 'hash', 'results' =
 (found, missing, empty, corrupt, total), 'msgs', 'version' = 0.6}, written atomically without the .npy suffix.
+It is read back with an unpickler that rebuilds only arrays and plain values: a .cache shipped with a dataset
+runs no code.
 """
 
 from __future__ import annotations
