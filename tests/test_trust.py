@@ -4,7 +4,6 @@ elsewhere without --trust-data / --trust-weights (or their environment variables
 
 import io
 import os
-import pickle
 import re
 import subprocess
 import sys
