@@ -26,7 +26,7 @@ from inference.backends import backend_kind, load_model  # noqa: E402
 from utils.boxes import scale_boxes  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError, strip_optimizer  # noqa: E402
 from utils.checks import check_img_size, check_thresholds, display_available  # noqa: E402
-from utils.crops import save_one_box  # noqa: E402
+from utils.crops import crop_folder, save_one_box  # noqa: E402
 from utils.dataloaders import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams  # noqa: E402
 from utils.files import check_yaml, increment_path, yaml_load  # noqa: E402
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
@@ -150,7 +150,7 @@ class ResultSaver:
                     label = box_label(self.names, cls, conf, self.hide_labels, self.hide_conf)
                     annotator.box_label(xyxy, label, color=colors(int(cls), True))
                 if self.save_crop:
-                    file = self.save_dir / "crops" / class_name(self.names, cls) / f"{p.stem}.jpg"
+                    file = self.save_dir / "crops" / crop_folder(class_name(self.names, cls)) / f"{p.stem}.jpg"
                     save_one_box(xyxy, imc, file=file, BGR=True)
         if rows:
             with open(f"{txt_path}.txt", "a") as f:

@@ -58,7 +58,7 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: Opti
     if not verbose:
         LOGGER.setLevel(logging.WARNING)
     cfg = ROOT / "models" / f"{name}.yaml"
-    if not cfg.is_file():
+    if Path(name).name != name or name in ("", ".", "..") or not cfg.is_file():  # a bare config name, no path
         known = ", ".join(sorted(p.stem for p in (ROOT / "models").glob("*.yaml")))
         raise ValueError(f"unknown model '{name}'. Known: {known}; or use custom(path='your.pt')")
     device = _device(device)

@@ -269,7 +269,7 @@ def start_run(hyp, opt, device) -> State:
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
     init_seeds(opt.seed + 1 + RANK, deterministic=True)
     with torch_distributed_zero_first(LOCAL_RANK):
-        s.data = check_dataset(opt.data)
+        s.data = check_dataset(opt.data, trust=opt.trust_data)
     s.nc = 1 if opt.single_cls else int(s.data["nc"])
     s.names = {0: "item"} if opt.single_cls and len(s.data["names"]) != 1 else s.data["names"]
     s.is_coco = isinstance(s.data["val"], str) and s.data["val"].endswith("coco/val2017.txt")
@@ -502,6 +502,8 @@ def parse_opt(argv=None):
     p.add_argument("--seed", type=int, default=0, help="Global training seed")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="DDP (read from $LOCAL_RANK)")
     p.add_argument("--trust-weights", action="store_true", help="allow legacy pickled checkpoints you trust")
+    p.add_argument("--trust-data", action="store_true", help="allow the --data yaml's download: script to run "
+                                                             "(only for files you trust)")
     p.add_argument("--backbone-weights", type=str, default="",
                    help="torchvision ShuffleNetV2 ImageNet .pth for the backbone of a models/shufflenetv2 config")
     for flag in ("--entity", "--upload_dataset", "--bbox_interval", "--artifact_alias"):  # W&B: accepted, unused
@@ -509,20 +511,40 @@ def parse_opt(argv=None):
     return p.parse_args(argv)
 
 
+# Never taken from a resumed run's opt.yaml (or its checkpoint's 'opt'), which may come from anyone: consent comes
+# from this command line only, and the run keeps writing where its checkpoint is, not to a --project the file names.
+RESUME_FROM_CLI = ("trust_weights", "trust_data", "project", "name", "exist_ok", "save_dir", "evolve", "resume",
+                   "weights", "cfg", "local_rank")
+
+
 def resolve_resume(opt):
-    """--resume [path]: reload that run's options and continue from its last.pt."""
+    """--resume [path]: reload that run's options and continue from its last.pt, in the folder that holds it."""
     last = Path(check_file(opt.resume) if isinstance(opt.resume, str) else newest_last_pt())
     opt_yaml = last.parent.parent / "opt.yaml"
     if opt_yaml.is_file():
-        saved = yaml_load(opt_yaml)
+        saved, source = yaml_load(opt_yaml), str(opt_yaml)
     else:
-        saved = load_checkpoint(last, trust=opt.trust_weights)["opt"]
-    new = argparse.Namespace(**{**vars(opt), **saved})
+        saved, source = load_checkpoint(last, trust=opt.trust_weights)["opt"], f"{last} (its 'opt')"
+    new = argparse.Namespace(**{**vars(opt), **_resumable(saved, vars(opt), source)})
     new.cfg, new.weights, new.resume = "", str(last), True
-    new.trust_weights = opt.trust_weights
-    if last.parent.name == "weights":  # continue where the checkpoint is, even if the run folder was moved
-        new.save_dir = str(last.parent.parent)
+    new.save_dir = str(last.parent.parent if last.parent.name == "weights" else last.parent)
     return new
+
+
+def _resumable(saved: dict, current: dict, source: str) -> dict:
+    """The saved options a resume may use: known ones, not in RESUME_FROM_CLI, of the type their flag takes."""
+    unknown = sorted(str(k) for k in saved if k not in current and k not in RESUME_FROM_CLI)
+    if unknown:
+        LOGGER.warning(f"WARNING: {source}: ignoring unknown option(s) {', '.join(unknown)}")
+    kept = {k: v for k, v in saved.items() if k in current and k not in RESUME_FROM_CLI}
+    for k, v in kept.items():
+        d = current[k]
+        want = bool if isinstance(d, bool) else int if isinstance(d, int) else (int, float) if isinstance(d, float) \
+            else None
+        if want and (not isinstance(v, want) or (want is not bool and isinstance(v, bool))):
+            raise ValueError(f"{source}: option {k} is {v!r}, expected {type(d).__name__} as its flag takes; "
+                             f"fix or delete that line")
+    return kept
 
 
 def newest_last_pt(search_dir="."):

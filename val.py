@@ -148,7 +148,7 @@ class _Tally:
         self.confusion = ConfusionMatrix(nc=self.nc)
 
 
-def _load_standalone(weights, device, batch_size, imgsz, half, trust_weights, data):
+def _load_standalone(weights, device, batch_size, imgsz, half, trust_weights, data, trust_data):
     """val.py run by itself: load the model and the dataset description. -> (model, device, half, imgsz, batch, data)"""
     device = select_device(device, batch_size=batch_size)
     half &= device.type == "cuda"
@@ -158,7 +158,7 @@ def _load_standalone(weights, device, batch_size, imgsz, half, trust_weights, da
     if getattr(model, "batch_one_only", False) and batch_size != 1:
         LOGGER.info(f"Forcing --batch-size 1 for {weights}: this backend runs one image at a time")
         batch_size = 1
-    return model, device, half, imgsz, batch_size, check_dataset(data)
+    return model, device, half, imgsz, batch_size, check_dataset(data, trust=trust_data)
 
 
 def _standalone_loader(model, weights, data, task, nc, single_cls, imgsz, batch_size, workers):
@@ -219,7 +219,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False, save_hybrid=False,
         save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False, half=True,
         dnn=False, model=None, dataloader=None, save_dir=Path(""), plots=True, callbacks=None,
-        compute_loss=None, trust_weights=False):
+        compute_loss=None, trust_weights=False, trust_data=False):
     """Validate; return ((P, R, mAP50, mAP50-95, box, obj, cls losses), per-class mAP50-95, times ms/image)."""
     training = model is not None
     if training:  # called by train.py
@@ -230,7 +230,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
         (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
         model, device, half, imgsz, batch_size, data = _load_standalone(weights, device, batch_size, imgsz, half,
-                                                                        trust_weights, data)
+                                                                        trust_weights, data, trust_data)
     model.eval()
     is_coco = isinstance(data.get("val"), str) and data["val"].replace("\\", "/").endswith("coco/val2017.txt")
     nc = 1 if single_cls else int(data["nc"])
@@ -292,6 +292,8 @@ def parse_opt(argv=None):
     parser.add_argument("--dnn", action="store_true", help="use OpenCV DNN for ONNX inference")
     parser.add_argument("--trust-weights", action="store_true",
                         help="allow loading checkpoints that are arbitrary pickles (only for files you trust)")
+    parser.add_argument("--trust-data", action="store_true",
+                        help="allow the --data yaml's download: script to run (only for files you trust)")
     opt = parser.parse_args(argv)
     opt.save_json |= str(opt.data).endswith("coco.yaml")
     opt.save_txt |= opt.save_hybrid

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from models.yolo import Detect, make_divisible
 from utils.augmentations import letterbox
 from utils.boxes import scale_boxes, xyxy2xywh
-from utils.crops import save_one_box
+from utils.crops import crop_folder, save_one_box
 from utils.dataset_scan import imread
 from utils.files import increment_path
 from utils.logger import LOGGER, colorstr
@@ -183,7 +183,7 @@ class Detections:
         for i in range(self.n):
             for *box, conf, cls in reversed(self.pred[i]):
                 name = class_name(self.names, cls)
-                file = save_dir / "crops" / name / self.files[i] if save else None
+                file = save_dir / "crops" / crop_folder(name) / self.files[i] if save else None
                 im = save_one_box(box, self.ims[i], file=file, save=save)
                 crops.append({"box": torch.stack(box), "conf": conf, "cls": cls,
                               "label": box_label(self.names, cls, conf), "im": im})

@@ -96,11 +96,11 @@ def test_url_download_is_never_attempted(tmp_path):
     assert isinstance(e.value, FileNotFoundError)
 
 
-def test_python_download_runs_locally(tmp_path):
+def test_python_download_runs_locally(tmp_path):  # trust=True: a dict is not one of data/'s own yamls
     code = "from pathlib import Path\n(Path(yaml['path']) / 'images' / 'val').mkdir(parents=True)\n"
     data = {"path": str(tmp_path / "gen"), "train": "images/train", "val": "images/val", "names": ["a"],
             "download": code}
-    assert check_dataset(data)["val"] == str(tmp_path / "gen" / "images" / "val")
+    assert check_dataset(data, trust=True)["val"] == str(tmp_path / "gen" / "images" / "val")
     assert (tmp_path / "gen" / "images" / "val").is_dir()
 
 
@@ -108,16 +108,16 @@ def test_bash_download_runs_locally(tmp_path):
     target = tmp_path / "b" / "images" / "val"
     data = {"path": str(tmp_path / "b"), "train": "images/train", "val": "images/val", "names": ["a"],
             "download": f"bash -c 'mkdir -p {target}'"}
-    check_dataset(data)
+    check_dataset(data, trust=True)
     assert target.is_dir()
 
 
 def test_failing_download_and_no_autodownload_are_one_line(tmp_path):
     data = {"path": str(tmp_path / "c"), "train": "t", "val": "v", "names": ["a"], "download": "raise OSError('x')"}
     with pytest.raises(DatasetNotFoundError, match="download: code failed"):
-        check_dataset(dict(data))
+        check_dataset(dict(data), trust=True)
     with pytest.raises(DatasetNotFoundError, match="dataset not found"):
-        check_dataset(dict(data), autodownload=False)
+        check_dataset(dict(data), autodownload=False, trust=True)
 
 
 def test_coco128_offline_message():

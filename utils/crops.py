@@ -11,6 +11,13 @@ from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
 from utils.files import increment_path
 
 
+def crop_folder(name: str) -> str:
+    """A class name as a single folder name for crops/<name>/: class names come from checkpoints and dataset yamls,
+    so separators become '_' and '.'/'..' get a '_' prefix; crops never land outside crops/."""
+    name = str(name).replace("/", "_").replace("\\", "_").replace("\0", "_")
+    return "_" + name if name in ("", ".", "..") else name
+
+
 def save_one_box(xyxy: Union[Sequence[float], torch.Tensor], im: np.ndarray, file: Union[str, Path] = "im.jpg",
                  gain: float = 1.02, pad: int = 10, square: bool = False, BGR: bool = False,
                  save: bool = True) -> np.ndarray:

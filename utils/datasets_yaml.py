@@ -1,16 +1,20 @@
 """Dataset yaml handling (`check_dataset`): required keys, class names, path resolution, local-only downloads.
 
 Nothing here touches the network: a dataset that would have to be fetched raises DatasetNotFoundError with one
-line saying what is missing and where to put it.
+line saying what is missing and where to put it. A yaml's `download:` script is code, so it runs only for the
+project's own yamls under data/ or with the user's consent (--trust-data or YOLOV5_TRUST_DATA=1); the same consent
+lets a .txt image list name files outside its dataset.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -20,6 +24,8 @@ from utils.files import ROOT, check_yaml, yaml_load
 from utils.logger import LOGGER, colorstr
 from utils.results import names_dict
 
+TRUST_ENV = "YOLOV5_TRUST_DATA"
+OWN_DATA_DIR = ROOT / "data"  # yamls here are part of the project, as trusted as its code
 DATASET_KEYS = ("path", "train", "val", "test", "nc", "names", "download")
 SPLITS = ("train", "val", "test")
 _URL = re.compile(r"https?://\S+")
@@ -28,6 +34,24 @@ _NETWORK = re.compile(r"https?://|\b(curl|wget|torch\.hub|urllib|requests)\b")
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing and cannot be made locally; str(e) is one line: what is missing, where."""
+
+
+class UntrustedDataError(DatasetNotFoundError):
+    """A dataset yaml (or its image list) asks for something only the user may allow: running its download:
+    script, or reading images outside the dataset. A DatasetNotFoundError, so every script prints one line."""
+
+
+def trusted_by_env() -> bool:
+    return os.environ.get(TRUST_ENV, "").lower() in ("1", "true", "yes")
+
+
+def is_own_yaml(file: Union[str, Path]) -> bool:
+    """True for a file whose real path (symlinks resolved) lies under the project's data/ folder."""
+    try:
+        Path(file).resolve(strict=True).relative_to(OWN_DATA_DIR.resolve())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def datasets_dir() -> Path:
@@ -49,16 +73,49 @@ def _read(data: Union[str, Path, dict]) -> tuple[dict, str, str]:
     if Path(data).is_file() and (zipfile.is_zipfile(data) or tarfile.is_tarfile(data)):
         target = datasets_dir() / Path(data).stem
         if not target.exists():
-            LOGGER.info(f"Extracting {data} to {target}...")
-            opener = zipfile.ZipFile if zipfile.is_zipfile(data) else tarfile.open
-            with opener(data) as archive:
-                archive.extractall(target)
+            _extract(Path(data), target)
         found = sorted(target.rglob("*.yaml"))
         if not found:
             raise DatasetNotFoundError(f"{data}: the archive holds no dataset .yaml file")
         return yaml_load(found[0]), str(found[0]), str(found[0].parent)
     file = check_yaml(data)
     return yaml_load(file), file, ""
+
+
+def _extract(archive: Path, target: Path) -> None:
+    """Unpack a zip/tar into `target`, all or nothing: a tar member that would land outside it (absolute path, '..',
+    a link pointing out) stops the extraction with one line and leaves no `target` behind. (zipfile already strips
+    absolute paths and '..' from member names.)"""
+    LOGGER.info(f"Extracting {archive} to {target}...")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        else:
+            with tarfile.open(archive) as t:
+                _extract_tar(t, tmp, archive, target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_tar(t: tarfile.TarFile, folder: Path, archive: Path, target: Path) -> None:
+    def refuse(name: str):
+        return ValueError(f"{archive}: refusing to extract member '{name}': it would be written outside {target} "
+                          f"or is a link/device file; unpack the archive yourself")
+
+    if hasattr(tarfile, "data_filter"):  # Python 3.8.17+/3.11.4+: refuses absolute paths, '..', links out, devices
+        try:
+            t.extractall(folder, filter="data")
+        except tarfile.FilterError as e:
+            raise refuse(e.tarinfo.name) from None
+        return
+    for m in t.getmembers():  # older Pythons: plain files and folders with clean relative names only
+        if Path(m.name).is_absolute() or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
+            raise refuse(m.name)
+    t.extractall(folder)
 
 
 def _check_keys(data: dict, src: str) -> None:
@@ -136,8 +193,33 @@ def _run_download(script: str, data: dict, src: str) -> None:
     LOGGER.info(f"Dataset download success ✅ ({time.time() - t:.1f}s), saved to {colorstr('bold', data['path'])}")
 
 
-def _ensure_present(data: dict, src: str, autodownload: bool) -> None:
-    """Make sure every val path exists, running a local download: when allowed; never touches the network."""
+def _check_lists(data: dict, root: Path, src: str) -> None:
+    """Refuse .txt image lists whose entries leave the dataset: an absolute path or '..' landing outside both the
+    dataset root and the list's own folder. Reading is not the risk; writing is: corrupt JPEGs are repaired in
+    place and --cache disk writes .npy files beside the images, so a list must not steer those elsewhere."""
+    for k in SPLITS:
+        for x in (data.get(k) or []) if isinstance(data.get(k), list) else [data.get(k)]:
+            if not (x and str(x).endswith(".txt") and Path(x).is_file()):
+                continue
+            homes = (os.path.normpath(root), os.path.dirname(os.path.normpath(x)))
+            with open(x, encoding="utf-8", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    entry = line.strip()
+                    if not entry:
+                        continue
+                    # the loader's rule: './x' is relative to the list's folder, anything else is used as given
+                    p = os.path.join(homes[1], entry[2:]) if entry.startswith("./") else os.path.abspath(entry)
+                    p = os.path.normpath(p)
+                    if not any(p == h or p.startswith(h.rstrip(os.sep) + os.sep) for h in homes):
+                        raise UntrustedDataError(
+                            f"{src}: {x} line {n}: '{entry}' is outside the dataset {root}. Write entries as "
+                            f"./images/... relative to the list, or, if you trust this list, re-run with "
+                            f"--trust-data (or set {TRUST_ENV}=1)")
+
+
+def _ensure_present(data: dict, src: str, autodownload: bool, trusted: bool) -> None:
+    """Make sure every val path exists, running a local download: when allowed and trusted; never touches the
+    network."""
     val = data["val"] if isinstance(data["val"], list) else [data["val"]]
     missing = [x for x in val if not Path(x).exists()]
     if not missing:
@@ -152,6 +234,14 @@ def _ensure_present(data: dict, src: str, autodownload: bool) -> None:
     if not script or not autodownload:
         raise DatasetNotFoundError(f"{src}: {where}. Put the dataset at {data['path']} (images/ and labels/ folders), "
                                    f"or fix 'path:'/'val:' in the yaml")
+    if not trusted:
+        first = script.splitlines()[0].strip()
+        more = " ..." if len(first) > 80 or "\n" in script else ""
+        raise UntrustedDataError(
+            f"{src}: {where}, and this yaml's download: script ({first[:80]!r}{more}) "
+            f"is code that runs only for the project's own yamls in {OWN_DATA_DIR}. If you trust this yaml, re-run "
+            f"with --trust-data (or set {TRUST_ENV}=1); otherwise put the dataset at {data['path']} yourself "
+            f"(images/ and labels/ folders)")
     LOGGER.info(f"Dataset not found ⚠️, missing paths {[str(x) for x in missing]}; running its download: locally")
     _run_download(script, data, src)
     still = [x for x in val if not Path(x).exists()]
@@ -159,13 +249,17 @@ def _ensure_present(data: dict, src: str, autodownload: bool) -> None:
         raise DatasetNotFoundError(f"{src}: the download: step ran but {still[0]} still does not exist")
 
 
-def check_dataset(data: Union[str, Path, dict], autodownload: bool = True) -> dict:
+def check_dataset(data: Union[str, Path, dict], autodownload: bool = True, trust: bool = False) -> dict:
     """Read and check a dataset yaml (or dict); return it with absolute 'path', 'train', 'val', 'test' (str or
     list of str), 'names' as {int: str} and 'nc' = len(names).
 
-    Raises ValueError for a malformed yaml and DatasetNotFoundError when the val images are missing and no local
-    `download:` can create them.
+    `trust` (or YOLOV5_TRUST_DATA=1) is the user's consent to run the yaml's `download:` script and to let its .txt
+    image lists name files outside the dataset; the project's own yamls under data/ have it implicitly (a dict or
+    a yaml anywhere else does not). Raises ValueError for a malformed yaml, UntrustedDataError when consent is
+    missing, and DatasetNotFoundError when the val images are missing and no local `download:` can create them.
     """
+    own = isinstance(data, (str, Path)) and is_own_yaml(data if Path(data).is_file() else check_yaml(data))
+    trusted = trust or trusted_by_env() or own
     data, src, extract_dir = _read(data)
     _check_keys(data, src)
     data["names"] = _check_names(data, src)
@@ -175,6 +269,8 @@ def check_dataset(data: Union[str, Path, dict], autodownload: bool = True) -> di
     for k in SPLITS:
         if data.get(k):
             data[k] = _resolve_split(root, data[k])
-    _ensure_present(data, src, autodownload and not extract_dir)
+    _ensure_present(data, src, autodownload and not extract_dir, trusted)
+    if not trusted:
+        _check_lists(data, root, src)
     data["path"] = str(root)
     return data

@@ -2,6 +2,8 @@
 
 The cache is an np.save'd dict: {image path: [labels (n, 5) float32, (w, h), segments], 'hash', 'results' =
 (found, missing, empty, corrupt, total), 'msgs', 'version' = 0.6}, written atomically without the .npy suffix.
+It is read back with an unpickler that rebuilds only arrays and plain values: a .cache shipped with a dataset
+runs no code.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import pickle
 from collections import Counter
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -45,10 +48,40 @@ def dataset_hash(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# The only globals a cache pickle needs (numpy 1.x and 2.x module paths): arrays, dtypes, scalars.
+_CACHE_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for n in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ForeignObject(pickle.UnpicklingError):
+    """The cache names a class or function no label cache contains: a crafted file, never loaded."""
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    """np.load(allow_pickle=True) would run any code a .cache file shipped with a dataset holds; this rebuilds
+    only what a cache contains."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CACHE_GLOBALS:
+            return super().find_class(module, name)
+        raise _ForeignObject(f"{module}.{name}")
+
+
 def load_cache(path: Path) -> Optional[dict]:
-    """The cache dict at `path`, or None when it is missing or unreadable."""
+    """The cache dict at `path`, or None when it is missing, unreadable or holds anything but plain data."""
     try:
-        return np.load(path, allow_pickle=True).item()
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = header(f)
+            if shape != () or dtype != object:
+                return None
+            cache = _CacheUnpickler(f).load().item()
+        return cache if isinstance(cache, dict) else None
+    except _ForeignObject as e:
+        LOGGER.warning(f"WARNING ⚠️ {path}: ignored: it refers to '{e}', which no label cache holds (a crafted "
+                       f"file?); rescanning the labels and replacing it")
+        return None
     except Exception:  # missing, truncated or from an incompatible numpy: rescan
         return None
 
