@@ -19,7 +19,7 @@ if __name__ == "__main__":  # run as a script: make `models` and `utils` importa
 from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
                            ShuffleNetV2_InvertedResidual)
 from utils.autoanchor import check_anchor_order  # noqa: E402
-from utils.files import check_yaml, yaml_load  # noqa: E402
+from utils.files import check_keys, check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
 from utils.torch_utils import (initialize_weights, model_info, scale_img, select_device,  # noqa: E402
                                time_sync)
@@ -382,14 +382,8 @@ def parse_model(d: dict, ch: list):
 
 
 def _check_keys(d: dict, file) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in d]
-    if missing:
-        raise ValueError(f"{file}: missing top-level key(s) {', '.join(missing)}. A model yaml needs "
-                         f"{', '.join(REQUIRED_KEYS)} (and usually depth_multiple, width_multiple)")
-    unknown = [k for k in d if k not in KNOWN_KEYS]
-    if unknown:
-        LOGGER.warning(f"{file}: ignoring unknown top-level key(s) {', '.join(map(str, unknown))}. "
-                       f"Known: {', '.join(KNOWN_KEYS[:-1])}")
+    check_keys(d, file, REQUIRED_KEYS, KNOWN_KEYS, kind="top-level",
+               need=f"A model yaml needs {', '.join(REQUIRED_KEYS)} (and usually depth_multiple, width_multiple)")
     for k in ("backbone", "head"):
         if not isinstance(d[k], list):
             raise ValueError(f"{file}: `{k}` must be a list of [from, number, module, args] rows")

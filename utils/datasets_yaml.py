@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Union
 
-from utils.files import ROOT, check_yaml, yaml_load
+from utils.files import ROOT, check_keys, check_yaml, yaml_load
 from utils.logger import LOGGER, colorstr
 from utils.results import names_dict
 
@@ -119,14 +119,8 @@ def _extract_tar(t: tarfile.TarFile, folder: Path, archive: Path, target: Path) 
 
 
 def _check_keys(data: dict, src: str) -> None:
-    missing = [k for k in ("train", "val", "names") if k not in data]
-    if missing:
-        raise ValueError(f"{src}: missing required key(s) {', '.join(missing)}. A dataset yaml needs 'train:', "
-                         f"'val:' (image folders or .txt lists) and 'names:' (see data/coco128.yaml)")
-    unknown = [k for k in data if k not in DATASET_KEYS]
-    if unknown:
-        LOGGER.warning(f"WARNING ⚠️ {src}: unknown key(s) {', '.join(map(str, unknown))} ignored "
-                       f"(known keys: {', '.join(DATASET_KEYS)})")
+    check_keys(data, src, ("train", "val", "names"), DATASET_KEYS, need="A dataset yaml needs 'train:', 'val:' (image "
+               "folders or .txt lists) and 'names:' (see data/coco128.yaml)")
 
 
 def _check_names(data: dict, src: str) -> dict:

@@ -9,6 +9,8 @@ from typing import Any, Callable, Union
 
 import yaml
 
+from utils.logger import LOGGER
+
 ROOT = Path(__file__).resolve().parents[1]  # repository root
 SEARCH_DIRS = ("data", "models", "utils")  # where a bare file name is looked up, as YOLOv5 does
 
@@ -115,3 +117,15 @@ def check_creatable(path: Union[str, Path]) -> None:
     if not os.access(p, os.W_OK | os.X_OK):
         raise ValueError(f"{path}: cannot be created because the folder {p} is not writable; "
                          f"choose another --project/--name")
+
+
+def check_keys(d: dict, src, required, known, need: str, kind: str = "required") -> None:
+    """A yaml's top-level keys: missing required ones are a ValueError saying what the file needs (`need`),
+    unknown ones one warning listing the known keys."""
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{src}: missing {kind} key(s) {', '.join(missing)}. {need}")
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        LOGGER.warning(f"WARNING ⚠️ {src}: unknown key(s) {', '.join(map(str, unknown))} ignored "
+                       f"(known keys: {', '.join(known)})")
