@@ -1,10 +1,12 @@
-"""Shared pytest setup: the repo root on sys.path, single-threaded torch, GPU tests skipped without CUDA."""
+"""Shared pytest setup and helpers: the repo root on sys.path (ROOT), single-threaded torch, GPU tests skipped
+without CUDA, a yaml writer and the `images` fixture (a few generated pictures)."""
 
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -20,3 +22,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    """Write `data` as yaml to `path` (parents created); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A folder of generated pictures with shapes in them, one per test module that asks."""
+    from detect_helpers import make_images
+    return make_images(tmp_path_factory.mktemp("images"))

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import write_yaml
 from utils.datasets_yaml import DatasetNotFoundError, check_dataset
 from utils.files import ROOT
 
@@ -16,9 +16,7 @@ def _dataset(tmp_path: Path, **extra) -> Path:
     for split in ("train", "val"):
         (tmp_path / "images" / split).mkdir(parents=True, exist_ok=True)
     data = {"path": str(tmp_path), "train": "images/train", "val": "images/val", "names": ["a", "b"], **extra}
-    f = tmp_path / "data.yaml"
-    f.write_text(yaml.safe_dump(data))
-    return f
+    return write_yaml(tmp_path / "data.yaml", data)
 
 
 def test_names_list_and_dict_give_the_same_result(tmp_path):

@@ -15,17 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 import detect
-from detect_helpers import (IMGSZ, NAMES, assert_same_detections, captured_log, lively_model, make_images,
+from detect_helpers import (IMGSZ, NAMES, assert_same_detections, captured_log, lively_model,
                             read_rows, reference, rows_to_xyxy, save_legacy, save_own)
 from models.checkpoint import UntrustedCheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import ROOT
 import benchmarks
 import detect
 import export
@@ -22,7 +23,6 @@ from detect_helpers import (NAMES, assert_same_detections, captured_log, lively_
 from inference.backends import DetectMultiBackend, MissingRuntime
 from models.yolo import DetectionModel
 
-ROOT = Path(__file__).resolve().parents[1]
 CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml")  # a stock and a shuffle config
 SHAPES = ((1, 64, 64), (2, 64, 64), (2, 96, 64), (1, 64, 128))  # (batch, h, w) for dynamic exports
 # Box coordinates are in input pixels (up to 128 here). ONNX Runtime's sigmoid/SiLU kernels differ from PyTorch's in

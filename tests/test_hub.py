@@ -2,7 +2,6 @@
 Detections output, and agreement with detect.py on the same image."""
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,19 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ROOT
 import detect
 import hubconf
-from detect_helpers import (IMGSZ, NAMES, assert_same_detections, lively_model, make_images, read_rows, reference,
+from detect_helpers import (IMGSZ, NAMES, assert_same_detections, lively_model, read_rows, reference,
                             rows_to_xyxy, save_legacy, save_own)
 from inference.autoshape import AutoShape, Detections
 from models.checkpoint import UntrustedCheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_images(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")

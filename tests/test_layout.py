@@ -6,6 +6,7 @@ import sys
 
 from conftest import ROOT
 
+
 # Folder -> the project folders its modules may import. utils/ is the base; models/ holds the networks and whatever
 # loads, saves or converts whole models; inference/ runs them; the root scripts sit on top.
 ALLOWED = {"utils": {"utils"}, "models": {"utils", "models"}, "inference": {"utils", "models", "inference"}}

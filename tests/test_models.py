@@ -1,16 +1,15 @@
 """Model core: configs build with the published sizes, ShuffleNetV2 blocks behave, fuse/trace/export work."""
 
 from copy import deepcopy
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import ROOT, write_yaml
 from models.common import ShuffleNetV2_InvertedResidual, channel_shuffle, max_pool_3x3_s2
 from models.yolo import Detect, DetectionModel, parse_model
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (ROOT / "models").glob("*.yaml"))
 
 # SPEC A.4: parameter counts at nc=80, measured on YOLOv5 v7.0 (with the seed's patch for *_shuffle).
@@ -172,9 +171,7 @@ def test_torchscript_trace_and_onnx_dynamic_batch(tmp_path):
 def _shuffle_cfg(tmp_path, edit):
     cfg = yaml.safe_load((ROOT / "models" / "yolov5n_shuffle.yaml").read_text())
     edit(cfg)
-    f = tmp_path / "custom.yaml"
-    f.write_text(yaml.safe_dump(cfg))
-    return f
+    return write_yaml(tmp_path / "custom.yaml", cfg)
 
 
 def test_unknown_module_lists_known_ones(tmp_path):

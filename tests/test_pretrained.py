@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from conftest import ROOT
 from models.yolo import DetectionModel
 from models.pretrained import (IMAGENET_MEAN, IMAGENET_STD, load_shufflenet_backbone, pretrained_backbone_layers,
                               read_state_dict)
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG_DIR = ROOT / "models" / "shufflenetv2"
 SIZES = {"x0_5": torchvision.models.shufflenet_v2_x0_5, "x1_0": torchvision.models.shufflenet_v2_x1_0,
          "x1_5": torchvision.models.shufflenet_v2_x1_5, "x2_0": torchvision.models.shufflenet_v2_x2_0}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 import detect
 import train
 import val
@@ -25,7 +26,6 @@ from models import checkpoint
 from models.checkpoint import UntrustedCheckpointError, load_checkpoint, safe_globals
 from utils.dataloaders import LoadImagesAndLabels
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = {"imgsz": 64, "epochs": 1, "batch_size": 4, "workers": 0, "noplots": True, "exist_ok": True}
 
 

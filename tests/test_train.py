@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import ROOT
 import train
 from detect_helpers import captured_log
 from models.yolo import DetectionModel
@@ -25,7 +26,6 @@ from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.train_utils import RESULT_KEYS, load_hyp
 
-ROOT = Path(__file__).resolve().parents[1]
 CKPT_KEYS = ["epoch", "best_fitness", "model", "ema", "updates", "optimizer", "opt", "git", "date"]
 HEADER = ",".join("%20s" % k for k in RESULT_KEYS)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import ROOT
 import detect
 import hubconf
 import train
@@ -25,7 +26,6 @@ from utils.files import yaml_load
 from utils.logger import LOGGER
 from utils.train_utils import load_hyp
 
-ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "yolov5n_shuffle.pt"
 
 

@@ -10,15 +10,15 @@ import torch
 from utils.files import ROOT, atomic_write, yaml_load
 from utils.logger import LOGGER
 
-# data/hyps/hyp.scratch-low.yaml (YOLOv5 v7.0), used to fill keys a user's hyp file leaves out.
-HYP_DEFAULTS = {
-    "lr0": 0.01, "lrf": 0.01, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 3.0,
-    "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0,
-    "obj_pw": 1.0, "iou_t": 0.20, "anchor_t": 4.0, "fl_gamma": 0.0, "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4,
-    "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0, "perspective": 0.0, "flipud": 0.0,
-    "fliplr": 0.5, "mosaic": 1.0, "mixup": 0.0, "copy_paste": 0.0,
-}
-HYP_KEYS = tuple(HYP_DEFAULTS) + ("anchors", "label_smoothing")
+HYP_DEFAULTS_FILE = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"  # YOLOv5 v7.0's values for keys a file omits
+
+
+def hyp_defaults() -> dict:
+    """data/hyps/hyp.scratch-low.yaml as a dict: the values every hyperparameter takes when a file leaves it out."""
+    return yaml_load(HYP_DEFAULTS_FILE)
+
+
+HYP_KEYS = tuple(hyp_defaults()) + ("anchors", "label_smoothing")
 RESULT_KEYS = ("epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
                "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
                "val/cls_loss", "x/lr0", "x/lr1", "x/lr2")
@@ -33,13 +33,14 @@ def load_hyp(file) -> dict:
     unknown = sorted(k for k in hyp if k not in HYP_KEYS)
     if unknown:
         raise ValueError(f"{file}: unknown hyperparameter(s) {', '.join(unknown)}. Valid keys: {', '.join(HYP_KEYS)}")
-    missing = [k for k in HYP_DEFAULTS if k not in hyp]
+    defaults = hyp_defaults()
+    missing = [k for k in defaults if k not in hyp]
     if missing:
         LOGGER.warning(f"WARNING: {file} lacks {', '.join(missing)}; using YOLOv5's scratch-low values for them")
     for k, v in hyp.items():
         if k != "anchors" and not isinstance(v, (int, float)):
             raise ValueError(f"{file}: hyperparameter {k} must be a number, got {v!r}")
-    return {**{k: HYP_DEFAULTS[k] for k in missing}, **hyp}
+    return {**{k: defaults[k] for k in missing}, **hyp}
 
 
 def intersect_dicts(da: dict, db: dict, exclude: Sequence[str] = ()) -> dict:
