@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from copy import deepcopy
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -185,9 +186,9 @@ def optimizer_step(model, optimizer, scaler, ema, amp) -> bool:
     return True
 
 
-def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, compute_loss, lf, opt, hyp,
-                    device, amp):
+def train_one_epoch(s: "RunState", t: "Trainables", epoch: int, opt) -> torch.Tensor:
     """Warmup, forward, backward, optimize (every `accumulate` batches), log. Returns mean losses (3,)."""
+    model, train_loader, dataset, optimizer, device = t.model, t.train_loader, t.dataset, t.optimizer, s.device
     model.train()
     if opt.image_weights:
         cw = s.class_weights.cpu().numpy() * (1 - s.maps) ** 2 / s.nc
@@ -205,16 +206,16 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
         ni = i + s.nb * epoch  # batches since the start of training
         imgs = imgs.to(device, non_blocking=True).float() / 255
         if ni <= s.nw:
-            warmup(s, ni, epoch, optimizer, lf, hyp)
+            warmup(s, ni, epoch, optimizer, t.lf, t.hyp)
         if opt.multi_scale:
             imgs = multi_scale(imgs, s)
         if s.channels_last:
             imgs = imgs.contiguous(memory_format=torch.channels_last)
 
         # Forward
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with torch.autocast(device_type=device.type, enabled=s.amp):
             pred = model(imgs)
-            loss, loss_items = compute_loss(pred, targets.to(device))
+            loss, loss_items = s.compute_loss(pred, targets.to(device))
             if RANK != -1:
                 loss *= WORLD_SIZE  # DDP averages gradients over ranks
             if opt.quad:
@@ -225,11 +226,11 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
             continue
 
         # Backward
-        scaler.scale(loss).backward()
+        t.scaler.scale(loss).backward()
 
         # Optimize
         if ni - s.last_opt_step >= s.accumulate:
-            if not optimizer_step(model, optimizer, scaler, ema, amp):
+            if not optimizer_step(model, optimizer, t.scaler, t.ema, s.amp):
                 LOGGER.warning(f"WARNING: non-finite gradients at epoch {epoch}, batch {i}; optimizer step skipped")
             s.last_opt_step = ni
 
@@ -247,16 +248,65 @@ def train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, e
 
 # ---------------------------------------------------------------- the training story
 
-class State:
-    """Mutable training state shared by the steps (kept in one place instead of a 360-line function)."""
+@dataclass
+class RunState:
+    """What the training steps share about one run: where it writes, the data, sizes, schedule and progress."""
+    save_dir: Path
+    epochs: int
+    plots: bool
+    device: torch.device
+    data: dict = field(default_factory=dict)  # the checked dataset yaml
+    nc: int = 0
+    names: dict = field(default_factory=dict)
+    is_coco: bool = False
+    channels_last: bool = False  # CPU training stores conv weights and batches NHWC
+    amp: bool = False
+    gs: int = 32  # grid size: the largest stride, at least 32
+    imgsz: int = 640
+    batch_size: int = 16
+    nbs: int = 64  # nominal batch size: gradients accumulate to about this many images per step
+    accumulate: int = 1
+    nb: int = 0  # batches per epoch
+    nw: int = 0  # warm-up iterations
+    last_opt_step: int = -1
+    best_fitness: float = 0.0
+    maps: np.ndarray = None  # per-class mAP50-95 of the last validation (image weights use it)
+    results: tuple = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP50, mAP50-95, val box, obj, cls
+    class_weights: torch.Tensor = None
+    compute_loss: ComputeLoss = None
+    stopper: EarlyStopping = None
+    val_loader: object = None
+
+    @property
+    def w(self) -> Path:
+        return self.save_dir / "weights"
+
+    @property
+    def last(self) -> Path:
+        return self.w / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.w / "best.pt"
 
 
-def start_run(hyp, opt, device) -> State:
+@dataclass
+class Trainables:
+    """What one epoch of training works on: the model and its data, optimizer, LR lambda, AMP scaler and EMA."""
+    model: nn.Module
+    train_loader: object
+    dataset: object
+    optimizer: torch.optim.Optimizer
+    lf: object  # epoch -> LR factor
+    scaler: object
+    ema: object  # ModelEMA on rank 0, None elsewhere
+    hyp: dict
+
+
+def start_run(hyp, opt, device) -> RunState:
     """Run directory, hyp.yaml/opt.yaml, seeds and the dataset yaml; returns the state the other steps share."""
-    s = State()
-    s.save_dir, s.epochs, s.plots, s.device = Path(opt.save_dir), opt.epochs, not opt.evolve and not opt.noplots, device
-    s.w = s.save_dir / "weights"
-    s.last, s.best = s.w / "last.pt", s.w / "best.pt"
+    s = RunState(save_dir=Path(opt.save_dir), epochs=opt.epochs, plots=not opt.evolve and not opt.noplots,
+                 device=device)
     opt.hyp = dict(hyp)  # unscaled, so opt.yaml and ckpt['opt'] hold the values a --resume continues with
     if RANK in (-1, 0):
         s.save_dir.mkdir(parents=True, exist_ok=True)
@@ -319,20 +369,18 @@ def train(hyp, opt, device):
     # Start training
     s.nb = len(train_loader)
     s.nw = max(round(hyp["warmup_epochs"] * s.nb), 100)
-    s.last_opt_step = -1
     s.maps = np.zeros(s.nc)
-    s.results = (0, 0, 0, 0, 0, 0, 0)  # P, R, mAP50, mAP50-95, val box, obj, cls
     scheduler.last_epoch = start_epoch - 1
     scaler = torch.amp.GradScaler("cuda", enabled=s.amp) if device.type == "cuda" else _NoScaler()
     s.stopper, stop = EarlyStopping(patience=opt.patience), False
     s.compute_loss = ComputeLoss(m)
+    parts = Trainables(model, train_loader, dataset, optimizer, lf, scaler, ema, hyp)
     t0 = time.time()
     LOGGER.info(f"Image sizes {s.imgsz} train, {s.imgsz} val\nUsing {train_loader.num_workers} dataloader workers\n"
                 f"Logging results to {colorstr('bold', s.save_dir)}\nStarting training for {s.epochs} epochs...")
     epoch = start_epoch
     for epoch in range(start_epoch, s.epochs):
-        mloss = train_one_epoch(s, epoch, model, train_loader, dataset, optimizer, scaler, ema, s.compute_loss, lf,
-                                opt, hyp, device, s.amp)
+        mloss = train_one_epoch(s, parts, epoch, opt)
         lr = [x["lr"] for x in optimizer.param_groups]  # for the loggers, before the scheduler steps
         scheduler.step()
         if RANK in (-1, 0):

@@ -1,8 +1,9 @@
 """Checkpoint files: safe loading (weights_only + an allow-list), explicit opt-in for legacy pickles, atomic saves.
 
-Checkpoints keep YOLOv5's layout (SPEC B.2.7): a dict whose `model`/`ema` are pickled DetectionModels. Only the
-classes listed here may be rebuilt, so `torch.load(weights_only=True)` can read them; anything else (numpy
-objects in an unstripped YOLOv5 last.pt, arbitrary code) needs --trust-weights or YOLOV5_TRUST_WEIGHTS=1.
+Checkpoints keep YOLOv5's layout: a dict (epoch, best_fitness, model, ema, updates, optimizer, opt, git, date)
+whose `model`/`ema` are pickled DetectionModels. Only the classes listed here may be rebuilt, so
+`torch.load(weights_only=True)` can read them; anything else (numpy objects in an unstripped YOLOv5 last.pt,
+arbitrary code) needs --trust-weights or YOLOV5_TRUST_WEIGHTS=1.
 """
 
 import os

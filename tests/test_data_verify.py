@@ -277,7 +277,7 @@ def test_scan_reports_every_rejected_file_and_a_summary(tmp_path, caplog):
 
 # ------------------------------------------------------------------ parity fuzz against the plain rules
 def _plain_rules(lb_path: Path):
-    """Outcome per SPEC B.2.3 computed the blunt way (whole-file numpy conversion), for comparison."""
+    """YOLOv5 v7.0's verdict on a label file computed the blunt way (whole-file numpy conversion), for comparison."""
     rows = [x.split() for x in lb_path.read_text().strip().splitlines() if len(x)]
     try:
         if any(len(r) > 6 for r in rows):

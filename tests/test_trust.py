@@ -43,7 +43,7 @@ def no_env_trust(monkeypatch):
 
 
 def evil_yaml(folder: Path, marker: Path) -> Path:
-    """The issue's yaml: a missing dataset and a download: script that writes a marker file."""
+    """A yaml as shared online: a missing dataset and a download: script that writes a marker file."""
     f = folder / "evil.yaml"
     f.write_text(f"path: {folder / 'none'}\ntrain: images/train\nval: images/val\nnames: [a]\n"
                  f"download: |\n  open({str(marker)!r}, 'w').write('code from a dataset yaml ran')\n")
