@@ -473,7 +473,7 @@ def final_validation(s, opt):
         if not f.exists():
             continue
         strip_optimizer(f)
-        if f is s.best:
+        if f == s.best:
             LOGGER.info(f"\nValidating {f}...")
             results, _, _ = validate.run(
                 s.data, batch_size=s.batch_size // WORLD_SIZE * 2, imgsz=s.imgsz, model=attempt_load(f, s.device),

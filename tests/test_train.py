@@ -398,13 +398,14 @@ def test_cpu_training_is_channels_last(data, tmp_path, monkeypatch, skip_final_v
     weights_cl, inputs_cl = [], []
     real = train.train_one_epoch
 
-    def spy(s, epoch, model, *rest, **kw):
+    def spy(s, parts, *rest, **kw):
+        model = parts.model
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         weights_cl.append(all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs))
         hook = model.register_forward_pre_hook(
             lambda m, inp: inputs_cl.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
         try:
-            return real(s, epoch, model, *rest, **kw)
+            return real(s, parts, *rest, **kw)
         finally:
             hook.remove()
 
