@@ -5,7 +5,8 @@
 
 Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
 epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
-split into training and validation+checkpoint time, the main process's peak RSS and the peak PSS of the whole
+split into loader wait (the training loop blocked on the next batch), forward+backward (with the loss), optimizer
+steps (unscale, clip, step, EMA) and validation+checkpoint time, the main process's peak RSS and the peak PSS of the whole
 process tree (main + dataloader workers, sampled every 0.1 s; PSS counts memory shared after fork once). The load
 average is printed because the numbers are only comparable on an otherwise idle machine.
 """
@@ -23,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+if __name__ == "__main__":  # as train.py does when run as a script: idle OpenMP threads sleep instead of spinning
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "TRAIN_SPEED_JSON "
 
@@ -56,12 +59,37 @@ class PeakSampler(threading.Thread):
             time.sleep(self.interval)
 
 
+class TimedLoader:
+    """The training DataLoader with the time the loop waits for each batch added to running['loader']."""
+
+    def __init__(self, loader, running: dict):
+        self.loader, self.running = loader, running
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.running["loader"] += time.perf_counter() - t
+            yield batch
+
+
 def child(opt) -> None:
     """Train one model with timing hooks around train.py's epoch steps; print one JSON line."""
     sys.path.insert(0, str(ROOT))
     import train
 
-    times = {"train": [], "end": []}
+    times = {"train": [], "end": [], "loader": [], "optim": []}
+    running = {"loader": 0.0, "optim": 0.0}  # summed inside the current epoch
 
     def timed(fn, key):
         def wrapper(*args, **kwargs):
@@ -71,7 +99,32 @@ def child(opt) -> None:
             return out
         return wrapper
 
-    train.train_one_epoch = timed(train.train_one_epoch, "train")
+    def epoch(fn):
+        def wrapper(*args, **kwargs):
+            running.update(loader=0.0, optim=0.0)
+            out = fn(*args, **kwargs)
+            times["loader"].append(running["loader"])
+            times["optim"].append(running["optim"])
+            return out
+        return timed(wrapper, "train")
+
+    def optim(fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            running["optim"] += time.perf_counter() - t
+            return out
+        return wrapper
+
+    def loaders(fn):
+        def wrapper(*args, **kwargs):
+            train_loader, dataset, val_loader = fn(*args, **kwargs)
+            return TimedLoader(train_loader, running), dataset, val_loader
+        return wrapper
+
+    train.train_one_epoch = epoch(train.train_one_epoch)
+    train.optimizer_step = optim(train.optimizer_step)
+    train.build_loaders = loaders(train.build_loaders)
     train.end_epoch = timed(train.end_epoch, "end")
     sampler = PeakSampler()
     sampler.start()
@@ -82,7 +135,8 @@ def child(opt) -> None:
     sampler.running = False
     sampler.join()
     print(MARK + json.dumps({
-        "cfg": opt.cfg, "train_s": times["train"], "val_save_s": times["end"], "total_s": time.perf_counter() - t0,
+        "cfg": opt.cfg, "train_s": times["train"], "val_save_s": times["end"], "loader_s": times["loader"],
+        "optim_s": times["optim"], "total_s": time.perf_counter() - t0,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pss_tree_mb": sampler.peak,
         "threads": __import__("torch").get_num_threads()}), flush=True)
 
@@ -108,14 +162,16 @@ def parent(opt) -> None:
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
           f"--data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
-    print(("%-22s" + "%12s" * 7) % ("model", "epoch1 s", "train s/ep", "val s/ep", "total s/ep", "RSS MB",
-                                     "tree PSS MB", "load avg"))
+    print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
+    print(("%-22s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
+                                      "total s", "RSS MB", "tree PSS", "load avg"))
     for r in rows:
         later = slice(1, None) if len(r["train_s"]) > 1 else slice(None)
         tr, va = median(r["train_s"][later]), median(r["val_save_s"][later])
-        print(("%-22s" + "%12.1f" * 6 + "%12s") % (
-            Path(r["cfg"]).stem, r["train_s"][0] + r["val_save_s"][0], tr, va, tr + va, r["rss_main_mb"],
-            r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
+        ld, op = median(r["loader_s"][later]), median(r["optim_s"][later])
+        print(("%-22s" + "%11.1f" * 9 + "%11s") % (
+            Path(r["cfg"]).stem, r["train_s"][0] + r["val_save_s"][0], tr, ld, tr - ld - op, op, va, tr + va,
+            r["rss_main_mb"], r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
 
 
 def parse_opt(argv=None):
