@@ -45,8 +45,8 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from models.pretrained import load_shufflenet_backbone  # noqa: E402
-from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, de_parallel, init_seeds, select_device,  # noqa: E402
-                               torch_distributed_zero_first)
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_status, de_parallel, init_seeds,  # noqa: E402
+                               select_device, torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -186,6 +186,17 @@ def optimizer_step(model, optimizer, scaler, ema, amp) -> bool:
     return True
 
 
+def forward_loss(s: "RunState", model, imgs, targets):
+    """Forward and loss. CUDA AMP runs both under fp16 autocast, as YOLOv5 does. CPU bf16 runs only the network
+    under bf16 autocast; its outputs are cast back, so the loss (like the master weights) stays fp32."""
+    if s.bf16:
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            pred = model(imgs)
+        return s.compute_loss([p.float() for p in pred], targets)
+    with torch.autocast(device_type=s.device.type, enabled=s.amp):
+        return s.compute_loss(model(imgs), targets)
+
+
 def train_one_epoch(s: "RunState", t: "Trainables", epoch: int, opt) -> torch.Tensor:
     """Warmup, forward, backward, optimize (every `accumulate` batches), log. Returns mean losses (3,)."""
     model, train_loader, dataset, optimizer, device = t.model, t.train_loader, t.dataset, t.optimizer, s.device
@@ -213,13 +224,11 @@ def train_one_epoch(s: "RunState", t: "Trainables", epoch: int, opt) -> torch.Te
             imgs = imgs.contiguous(memory_format=torch.channels_last)
 
         # Forward
-        with torch.autocast(device_type=device.type, enabled=s.amp):
-            pred = model(imgs)
-            loss, loss_items = s.compute_loss(pred, targets.to(device))
-            if RANK != -1:
-                loss *= WORLD_SIZE  # DDP averages gradients over ranks
-            if opt.quad:
-                loss *= 4.0
+        loss, loss_items = forward_loss(s, model, imgs, targets.to(device))
+        if RANK != -1:
+            loss *= WORLD_SIZE  # DDP averages gradients over ranks
+        if opt.quad:
+            loss *= 4.0
         if not all_finite(loss, device):  # skip this batch; gradients accumulated so far are kept
             LOGGER.warning(f"WARNING: non-finite loss at epoch {epoch}, batch {i} (on this or another rank); "
                            f"skipping it. Images: {', '.join(str(p) for p in paths)}")
@@ -260,7 +269,8 @@ class RunState:
     names: dict = field(default_factory=dict)
     is_coco: bool = False
     channels_last: bool = False  # CPU training stores conv weights and batches NHWC
-    amp: bool = False
+    amp: bool = False  # CUDA fp16 autocast
+    bf16: bool = False  # CPU bf16 autocast (network only; weights and loss fp32)
     gs: int = 32  # grid size: the largest stride, at least 32
     imgsz: int = 640
     batch_size: int = 16
@@ -340,6 +350,7 @@ def train(hyp, opt, device):
     if s.channels_last:
         set_conv_memory_format(model, torch.channels_last)
     s.amp = check_amp(model)
+    s.bf16 = choose_cpu_bf16(getattr(opt, "bf16", "auto"), device)  # opt.yaml of older runs has no bf16
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
     s.imgsz = check_img_size(opt.imgsz, s.gs, floor=s.gs * 2)
@@ -399,6 +410,19 @@ def train(hyp, opt, device):
             plot_results(file=s.save_dir / "results.csv")
         LOGGER.info(f"Results saved to {colorstr('bold', s.save_dir)}")
     return s.results
+
+
+def choose_cpu_bf16(mode: str, device) -> bool:
+    """--bf16 auto: bf16 autocast for CPU training where the CPU runs bf16 natively; says which in one line."""
+    if device.type != "cpu":
+        return False
+    if mode == "off":
+        LOGGER.info(f"{colorstr('bf16:')} off (--bf16 off): CPU training in fp32")
+        return False
+    ok, why = cpu_bf16_status()
+    LOGGER.info(f"{colorstr('bf16:')} " + (f"autocast on for CPU training ({why}); weights, loss and validation stay "
+                                            f"fp32 (--bf16 off for plain fp32)" if ok else f"off, fp32 training: {why}"))
+    return ok
 
 
 def build_optimizer(s, model, opt, hyp, ckpt):
@@ -536,6 +560,8 @@ def parse_opt(argv=None):
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    p.add_argument("--bf16", choices=["auto", "off"], default="auto",
+                   help="CPU training: bf16 autocast where the CPU has AVX512-BF16/AMX (auto) or never (off)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per RANK in DDP mode)")
     p.add_argument("--project", default=ROOT / "runs/train", help="save to project/name")

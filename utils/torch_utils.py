@@ -79,6 +79,29 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def cpu_flags() -> set:
+    """The instruction-set flags /proc/cpuinfo lists for this CPU (an empty set where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def cpu_bf16_status() -> tuple:
+    """(True, why) where bf16 autocast makes CPU training faster: the CPU has bf16 instructions (AVX512-BF16 or
+    AMX-BF16) and torch's oneDNN can use them. Elsewhere (False, why): oneDNN would emulate bf16, which is slower
+    than fp32."""
+    if not hasattr(torch, "autocast") or not hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported"):
+        return False, f"torch {torch.__version__} has no CPU bf16 autocast"
+    native = sorted(f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags())
+    if not native:
+        return False, "this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16), so bf16 would be emulated"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False, "this torch build's oneDNN cannot run bf16 on this CPU"
+    return True, f"this CPU has {' and '.join(native)}"
+
+
 def time_sync() -> float:
     """time.time() after waiting for queued CUDA work, so GPU timings are real."""
     if torch.cuda.is_available():

@@ -1,0 +1,61 @@
+"""CPU training speed paths: bf16 autocast gives the plain fp32 loss within a measured tolerance, and switches
+itself off, with one line, where the CPU or torch cannot run it natively."""
+
+import pytest
+import torch
+
+from detect_helpers import captured_log
+from models.yolo import Model
+from utils import torch_utils
+from utils.loss import ComputeLoss
+from utils.train_utils import load_hyp
+import train
+
+# Measured on yolov5n and yolov5n_shuffle (seeds 0-2, 4 images at 128 px, 8 labels): the total loss moved by
+# 0.13-0.62 % and a single component by at most 1.7 %, as bf16's 8-bit mantissa (~0.4 % per rounding) predicts.
+TOTAL_RTOL, ITEM_RTOL = 0.02, 0.05
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n_shuffle.yaml", "yolov5n.yaml"])
+def test_cpu_bf16_loss_matches_fp32(cfg):
+    torch.manual_seed(0)
+    model = Model(cfg, nc=8).train()
+    model.hyp, model.nc = load_hyp(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"), 8
+    imgs = torch.rand(4, 3, 128, 128)
+    targets = torch.tensor([[i % 4, i, 0.3 + 0.1 * (i % 4), 0.5, 0.2, 0.3] for i in range(8)])
+    s = train.RunState(save_dir=None, epochs=1, plots=False, device=torch.device("cpu"))
+    s.compute_loss = ComputeLoss(model)
+    loss32, items32 = train.forward_loss(s, model, imgs, targets)
+    s.bf16 = True
+    loss16, items16 = train.forward_loss(s, model, imgs, targets)
+    assert loss16.dtype == torch.float32 and items16.dtype == torch.float32  # the loss itself is fp32
+    assert not torch.equal(loss16, loss32)  # the network really ran in bf16
+    torch.testing.assert_close(loss16, loss32, rtol=TOTAL_RTOL, atol=0)
+    torch.testing.assert_close(items16, items32, rtol=ITEM_RTOL, atol=1e-4)
+    loss16.backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32
+               for p in model.parameters() if p.grad is not None)  # fp32 master weights and gradients
+
+
+def test_bf16_is_off_without_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    with captured_log() as log:
+        assert train.choose_cpu_bf16("auto", torch.device("cpu")) is False
+    assert len(log) == 1 and "off, fp32 training" in log[0] and "no bf16 instructions" in log[0]
+
+
+def test_bf16_is_off_when_torch_cannot_run_it(monkeypatch):
+    monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    ok, why = torch_utils.cpu_bf16_status()
+    assert not ok and "oneDNN cannot run bf16" in why
+
+
+def test_bf16_on_with_bf16_instructions_and_off_by_flag(monkeypatch):
+    monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    with captured_log() as log:
+        assert train.choose_cpu_bf16("auto", torch.device("cpu")) is True
+        assert train.choose_cpu_bf16("off", torch.device("cpu")) is False
+        assert train.choose_cpu_bf16("auto", torch.device("meta")) is False  # not a CPU: nothing said, nothing done
+    assert len(log) == 2 and "autocast on" in log[0] and "amx_bf16" in log[0] and "--bf16 off" in log[1]
