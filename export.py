@@ -64,6 +64,8 @@ def check_options(fmts: list, half: bool, dynamic: bool, device: torch.device, o
     if opt.get("int8") and no_int8:
         raise ValueError(f"--int8 --include {' '.join(no_int8)}: INT8 export is available for "
                          f"{' and '.join(INT8_FORMATS)} only; export the other formats without --int8")
+    if opt.get("int8") and half:
+        raise ValueError("--int8 and --half: INT8 models are quantized from the fp32 model; use one or the other")
     if half and device.type == "cpu":
         raise ValueError("--half is only compatible with GPU export; use --device 0 (or drop --half)")
     if half and dynamic:

@@ -117,8 +117,7 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
             root.setLevel(logging.ERROR)
             ortq.quantize_static(str(src), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
                                  activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
-                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax,
-                                 extra_options={"CalibMaxIntermediateOutputs": 16})  # bounded memory on big models
+                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax)
         finally:
             root.setLevel(level)
         qproto = onnx.load(str(q))
