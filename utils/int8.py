@@ -1,7 +1,7 @@
 """INT8 post-training quantization for the ONNX Runtime and OpenVINO exports, calibrated on real images.
 
 Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
-(letterboxed to the export size without upscaling, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
+(long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
 per-channel int8 weights, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect stay in float:
 see FLOAT_LAYERS. Results are written atomically next to the weights, with the fp32 exports' metadata.
 """
