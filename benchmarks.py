@@ -5,7 +5,10 @@ Usage:
     python benchmarks.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml
 Latency is the median of --runs single-image forwards (batch 1) after --warmup, measured round-robin over every
 model and backend so that load from other processes hits them alike. A config gets random weights (speed only);
-a stock/shuffle pair (yolov5n.yaml and yolov5n_shuffle.yaml) also gets a ratio row.
+a stock/shuffle pair (yolov5n.yaml and yolov5n_shuffle.yaml) also gets a ratio row. The int8 backends run the
+models export.py --int8 writes, calibrated on --data's train split (default: the built-in dataset); with --data and
+--weights every backend also gets an mAP50-95 column (val.py on that export), so fp32 and int8 sit side by side.
+Rows are labelled by model config; rows that share one also show their file.
 """
 
 import argparse
@@ -16,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+if __name__ == "__main__":  # as a script only: importing benchmarks.py leaves the process as it was
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
@@ -27,48 +32,67 @@ from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect, DetectionModel  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from models.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
+from models.int8 import DEFAULT_IMAGES, CalibrationImages  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import model_info  # noqa: E402
+from utils.torch_utils import keep_freed_memory, model_info  # noqa: E402
 
-BACKENDS = {"pytorch": "PyTorch", "torchscript": "TorchScript", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
+BACKENDS = {"pytorch": "PyTorch", "torchscript": "TorchScript", "onnx": "ONNX Runtime",  # fp32 next to int8
+            "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO", "openvino_int8": "OpenVINO int8"}
 
 
 def load_unfused(source: str, trust: bool) -> tuple:
-    """(name, unfused eval model) from a model yaml (random init, seed 0) or a checkpoint."""
+    """(config name, unfused eval model) from a model yaml (random init, seed 0) or a checkpoint."""
     if str(source).endswith((".yaml", ".yml")):
         torch.manual_seed(0)
         return Path(source).stem, DetectionModel(source).eval()
-    return Path(source).stem, attempt_load(source, fuse=False, trust=trust).eval()
+    model = attempt_load(source, fuse=False, trust=trust).eval()
+    return Path(getattr(model, "yaml_file", "") or source).stem, model
 
 
-def build_runners(name: str, model, im: torch.Tensor, backends: list, tmp: Path) -> dict:
-    """{backend: callable(im) -> pred} for one model; exported files go to `tmp`. Missing packages are skipped."""
-    fused = model.fuse() if hasattr(model, "fuse") else model
-    runners = {"pytorch": lambda x, m=fused: m(x)[0]} if "pytorch" in backends else {}
-    exported = [b for b in backends if b != "pytorch"]
-    if not exported:
-        return runners
-    ex = _export_copy(fused)
-    file = tmp / f"{name}.pt"
+def row_labels(rows: list) -> list:
+    """Each row's config name; names that occur more than once get the row's source path, so rows stay apart."""
+    names = [r["config"] for r in rows]
+    return [f"{n} ({r['source']})" if names.count(n) > 1 else n for n, r in zip(names, rows)]
+
+
+def export_files(model, im: torch.Tensor, backends: list, folder: Path, calib) -> dict:
+    """{backend: exported file} for one model, written to its own `folder`; missing packages cost one line."""
+    ex = _export_copy(model)
+    file = folder / "model.pt"
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     try:
-        if "torchscript" in exported:
+        if "torchscript" in backends:
             _set_dynamic(ex, True)
             files["torchscript"] = export_torchscript(ex, im, file)
         _set_dynamic(ex, False)
-        if "onnx" in exported or "openvino" in exported:
+        if {"onnx", "openvino"} & set(backends):
             files["onnx"] = export_onnx(ex, im, file)
-        if "openvino" in exported:
+        if "openvino" in backends:
             files["openvino"] = export_openvino(files["onnx"], model_metadata(ex, im), file)
     except MissingPackage as e:
-        LOGGER.info(f"{name}: {e}")
+        LOGGER.info(f"{e}")
+    int8 = [b[:-5] for b in backends if b.endswith("_int8")]
+    if int8:
+        import export
+        for f in export.export_int8(ex, im, file, int8, calib, 13, False):
+            files[("onnx" if f.suffix == ".onnx" else "openvino") + "_int8"] = f
+    return files
+
+
+def build_runners(model, im: torch.Tensor, backends: list, folder: Path, calib=None) -> tuple:
+    """({backend: callable(im) -> pred}, {backend: file}) for one model. Missing packages are skipped."""
+    fused = model.fuse() if hasattr(model, "fuse") else model
+    runners = {"pytorch": lambda x, m=fused: m(x)[0]} if "pytorch" in backends else {}
+    exported = [b for b in backends if b != "pytorch"]
+    files = export_files(fused, im, exported, folder, calib) if exported else {}
     for b in exported:
         if b in files:
             try:
                 runners[b] = lambda x, m=DetectMultiBackend(files[b]): m(x)[0]
             except ValueError as e:  # a runtime that is not installed
-                LOGGER.info(f"{name}: {BACKENDS[b]} skipped: {e}")
-    return runners
+                LOGGER.info(f"{BACKENDS[b]} skipped: {e}")
+    return runners, files
 
 
 def _export_copy(fused):
@@ -109,36 +133,70 @@ def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int
 
 
 def map_of(weights: str, data: str, imgsz: int, trust: bool) -> str:
-    """mAP50-95 of a checkpoint on `data` through val.run (PyTorch backend)."""
+    """mAP50-95 of a checkpoint or exported file on `data` through val.run (fixed-shape exports run batch 1)."""
     import val
-    r = val.run(data=data, weights=weights, imgsz=imgsz, batch_size=16, workers=0, plots=False,
+    r = val.run(data=data, weights=str(weights), imgsz=imgsz, batch_size=16, workers=0, plots=False,
                 project=Path(tempfile.gettempdir()) / "yolov5_benchmarks", exist_ok=True, trust_weights=trust)[0]
     return f"{r[3]:.3f}"
 
 
-def table(rows: list, ms: dict, backends: list, with_map: bool) -> str:
-    """The markdown table: one row per model, then one ratio row per stock/shuffle pair."""
-    head = ["model", "params", "GFLOPs"] + [f"{BACKENDS[b]} ms" for b in backends] + (["mAP50-95"] if with_map else [])
+def map_header(b: str) -> str:
+    return "mAP50-95" if b == "pytorch" else f"{BACKENDS[b]} mAP50-95"
+
+
+def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
+    """The markdown table: one row per model (ms keyed by (row index, backend)), then a ratio row per stock/shuffle
+    pair, and a ratio row int8 / fp32 per model when both of a runtime ran."""
+    head = ["model", "params", "GFLOPs"] + [f"{BACKENDS[b]} ms" for b in backends] + [map_header(b) for b in
+                                                                                       map_backends]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["name"], f"{r['params']:,}", f"{r['gflops']:.2f}"]
-        cells += [f"{ms[(r['name'], b)]:.1f}" if (r["name"], b) in ms else "-" for b in backends]
-        out.append("| " + " | ".join(cells + ([r.get("map", "-")] if with_map else [])) + " |")
-    names = {r["name"]: r for r in rows}
-    for r in rows:
-        stock = r["name"].replace("_shuffle", "")
-        if stock != r["name"] and stock in names:
-            s = names[stock]
-            cells = [f"ratio {r['name']} / {stock}", "%.2f" % (r["params"] / s["params"]),
-                     "%.2f" % (r["gflops"] / s["gflops"])]
-            cells += ["%.2f" % (ms[(r["name"], b)] / ms[(stock, b)]) if (r["name"], b) in ms and (stock, b) in ms
-                      else "-" for b in backends]
-            out.append("| " + " | ".join(cells + (["-"] if with_map else [])) + " |")
+    labels = row_labels(rows)
+    for i, (r, name) in enumerate(zip(rows, labels)):
+        cells = [name, f"{r['params']:,}", f"{r['gflops']:.2f}"]
+        cells += [f"{ms[(i, b)]:.1f}" if (i, b) in ms else "-" for b in backends]
+        out.append("| " + " | ".join(cells + [r.get("map", {}).get(b, "-") for b in map_backends]) + " |")
+    index = {name: i for i, name in enumerate(labels)}
+    for i, name in enumerate(labels):
+        stock = name.replace("_shuffle", "")
+        if stock != name and stock in index:
+            j = index[stock]
+            cells = [f"ratio {name} / {stock}", "%.2f" % (rows[i]["params"] / rows[j]["params"]),
+                     "%.2f" % (rows[i]["gflops"] / rows[j]["gflops"])]
+            cells += ["%.2f" % (ms[(i, b)] / ms[(j, b)]) if (i, b) in ms and (j, b) in ms else "-" for b in backends]
+            out.append("| " + " | ".join(cells + ["-"] * len(map_backends)) + " |")
+    for i, name in enumerate(labels):
+        pairs = {f"{b}_int8": b for b in ("onnx", "openvino") if (i, b) in ms and (i, f"{b}_int8") in ms}
+        if pairs:
+            cells = [f"ratio {name} int8 / fp32", "-", "-"]
+            cells += ["%.2f" % (ms[(i, b)] / ms[(i, pairs[b])]) if b in pairs else "-" for b in backends]
+            out.append("| " + " | ".join(cells + ["-"] * len(map_backends)) + " |")
     return "\n".join(out)
 
 
-def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=("pytorch", "torchscript", "onnx",
-        "openvino"), threads=0, trust_weights=False) -> str:
+def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bool, int8_images: int) -> tuple:
+    """(rows, runners): one row dict per model, in --cfg then --weights order, and {(row index, backend): runner}.
+    Each model exports into its own folder, so files that share a name (a/best.pt, b/best.pt) stay apart."""
+    im = torch.zeros(1, 3, imgsz, imgsz)
+    int8 = any(b.endswith("_int8") for b in backends)
+    calib = CalibrationImages(data, (imgsz, imgsz), int8_images) if int8 else None
+    rows, runners = [], {}
+    for i, src in enumerate(list(cfg) + list(weights)):
+        config, model = load_unfused(src, trust)
+        _, n_p, _, gflops = model_info(model, imgsz=imgsz)
+        rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops or 0.0, "map": {}})
+        row_runners, files = build_runners(model, im, backends, tmp / str(i), calib)
+        if data and src in weights:
+            files["pytorch"] = src
+            for b in backends:
+                if b in files and b in row_runners:
+                    rows[-1]["map"][b] = map_of(files[b], data, imgsz, trust)
+        for b, f in row_runners.items():
+            runners[(i, b)] = f
+    return rows, runners
+
+
+def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tuple(BACKENDS), threads=0,
+        trust_weights=False, int8_images=DEFAULT_IMAGES) -> str:
     """Benchmark every --cfg and --weights model on every backend; -> the markdown table (also printed)."""
     if threads:
         torch.set_num_threads(threads)
@@ -148,19 +206,12 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=("
         raise ValueError(f"--backends {' '.join(bad)}: unknown; known: {', '.join(BACKENDS)}" if bad
                          else "give at least one --cfg or --weights")
     im = torch.zeros(1, 3, imgsz, imgsz)
-    rows, runners = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for src in list(cfg) + list(weights):
-            name, model = load_unfused(src, trust_weights)
-            _, n_p, _, gflops = model_info(model, imgsz=imgsz)
-            rows.append({"name": name, "params": n_p, "gflops": gflops or 0.0})
-            if data and src in weights:
-                rows[-1]["map"] = map_of(src, data, imgsz, trust_weights)
-            for b, f in build_runners(name, model, im, backends, Path(tmp)).items():
-                runners[(name, b)] = f
+        rows, runners = collect(cfg, weights, data, imgsz, backends, Path(tmp), trust_weights, int8_images)
         load0 = os.getloadavg()
         ms = time_all(runners, im, warmup, runs)
-    md = table(rows, ms, [b for b in backends if any(k[1] == b for k in ms)], bool(data and weights))
+    ran = [b for b in backends if any(k[1] == b for k in ms)]
+    md = table(rows, ms, ran, [b for b in ran if any(b in r["map"] for r in rows)])
     load1 = os.getloadavg()
     print(f"\nCPU latency, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
           f"(torch {torch.__version__}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
@@ -178,11 +229,14 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), help=", ".join(BACKENDS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--trust-weights", action="store_true", help="allow legacy pickled checkpoints")
+    parser.add_argument("--int8-images", type=int, default=DEFAULT_IMAGES,
+                        help="calibration images for the int8 backends (from --data's train split)")
     return parser.parse_args(argv)
 
 
 def main(opt: argparse.Namespace) -> str:
     set_logging(verbose=False)
+    keep_freed_memory()  # as detect.py and val.py: freed activations are reused, no page faults per forward
     return run(**vars(opt))
 
 

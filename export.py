@@ -3,13 +3,16 @@
 Usage:
     python export.py --weights yolov5n_shuffle.pt --include torchscript onnx openvino ncnn
     python export.py --weights best.pt --include onnx --dynamic --simplify
+    python export.py --weights best.pt --include onnx openvino --int8 --data my.yaml  # + <stem>_int8.onnx, ...
 Every file it writes runs with `python detect.py --weights <file>` and `python val.py --weights <file>`.
 OpenVINO needs `pip install openvino` and ncnn needs `pip install pnnx` (plus `ncnn` to run the result);
-without them those formats are skipped with one line and the others are still written.
+without them those formats are skipped with one line and the others are still written. --int8 adds INT8 models
+calibrated on --data's train split (ONNX: onnxruntime; OpenVINO: `pip install nncf`).
 """
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from utils.checks import check_img_size  # noqa: E402
 from models.exporters import (MissingPackage, export_ncnn, export_onnx, export_openvino, export_torchscript,  # noqa: E402
                              model_metadata)
 from utils.files import ROOT as REPO_ROOT  # noqa: E402
+from models.int8 import DEFAULT_IMAGES, INT8_FORMATS, CalibrationImages, quantize_onnx, quantize_openvino  # noqa: E402
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -41,7 +45,7 @@ UNSUPPORTED = {
     "tfjs": "export onnx, convert it with onnx2tf, then tensorflowjs_converter",
     "paddle": "export onnx and convert it with x2paddle",
 }
-TF_ONLY_FLAGS = ("keras", "nms", "agnostic_nms", "int8")  # YOLOv5 uses these for TensorFlow/CoreML formats only
+TF_ONLY_FLAGS = ("keras", "nms", "agnostic_nms")  # YOLOv5 uses these for TensorFlow/CoreML formats only
 
 
 def parse_include(include) -> list:
@@ -56,6 +60,12 @@ def parse_include(include) -> list:
 
 def check_options(fmts: list, half: bool, dynamic: bool, device: torch.device, optimize: bool, opt: dict) -> None:
     """YOLOv5's rules on combining flags (errors), plus one line for each flag that does nothing here."""
+    no_int8 = [f for f in fmts if f not in INT8_FORMATS]
+    if opt.get("int8") and no_int8:
+        raise ValueError(f"--int8 --include {' '.join(no_int8)}: INT8 export is available for "
+                         f"{' and '.join(INT8_FORMATS)} only; export the other formats without --int8")
+    if opt.get("int8") and half:
+        raise ValueError("--int8 and --half: INT8 models are quantized from the fp32 model; use one or the other")
     if half and device.type == "cpu":
         raise ValueError("--half is only compatible with GPU export; use --device 0 (or drop --half)")
     if half and dynamic:
@@ -113,11 +123,14 @@ def export_one(prefix: str, fn, *args, **kwargs):
 
 
 @torch.no_grad()
-def run(data=ROOT / "data/coco128.yaml", weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu",
+def run(data=None, weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu",
         include=("torchscript",), half=False, inplace=False, keras=False, optimize=False, int8=False, dynamic=False,
         simplify=False, opset=12, verbose=False, workspace=4, nms=False, agnostic_nms=False, topk_per_class=100,
-        topk_all=100, iou_thres=0.45, conf_thres=0.25, trust_weights=False) -> list:
-    """Export `weights` to each format in `include`; -> list of written paths (files or folders)."""
+        topk_all=100, iou_thres=0.45, conf_thres=0.25, trust_weights=False, int8_images=DEFAULT_IMAGES) -> list:
+    """Export `weights` to each format in `include`; -> list of written paths (files or folders).
+
+    int8: also write INT8 ONNX/OpenVINO models calibrated on `int8_images` images of `data`'s train split (None:
+    the built-in dataset)."""
     t = time.time()
     fmts = parse_include(include)
     device = select_device(device)
@@ -133,6 +146,7 @@ def run(data=ROOT / "data/coco128.yaml", weights=ROOT / "yolov5s.pt", imgsz=(640
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
+    calib = CalibrationImages(data, imgsz, int8_images, gs) if int8 else None  # refuses before anything is written
     if half:
         im, model = im.half(), model.half()
     for _ in range(2):  # dry runs build Detect's grids and catch shape errors before any file is written
@@ -154,9 +168,31 @@ def run(data=ROOT / "data/coco128.yaml", weights=ROOT / "yolov5s.pt", imgsz=(640
     if "ncnn" in todo:  # ncnn runs a fixed shape; a static grid keeps the graph simple
         set_dynamic(model, False)
         written.append(export_one("ncnn:", export_ncnn, model, im[:1], w, half))
+    if calib:
+        written += export_int8(model, im, w, todo, calib, opset, dynamic)
     written = [f for f in written if f]
     report(written, time.time() - t, w)
     return written
+
+
+def export_int8(model, im: torch.Tensor, w: Path, fmts: list, calib: CalibrationImages, opset: int,
+                dynamic: bool) -> list:
+    """<stem>_int8.onnx and/or <stem>_int8_openvino_model/, both quantized from one fp32 ONNX traced into a temporary
+    folder at opset >= 13 (per-channel QuantizeLinear/DequantizeLinear need 13; the fp32 .onnx keeps --opset)."""
+    out = []
+    with tempfile.TemporaryDirectory(dir=w.parent, prefix=f".{w.stem}_int8_") as tmp:
+        try:
+            src = export_onnx(model, im, Path(tmp) / w.name, max(opset, 13), dynamic)
+        except Exception as e:  # the fp32 ONNX export above has already said why
+            LOGGER.info(f"{colorstr('INT8:')} export skipped, no ONNX model to quantize ({type(e).__name__}: {e})")
+            return []
+        if "onnx" in fmts:
+            out.append(export_one("ONNX INT8:", quantize_onnx, src, calib, len(model.model),
+                                  w.parent / f"{w.stem}_int8.onnx"))
+        if "openvino" in fmts:
+            out.append(export_one("OpenVINO INT8:", quantize_openvino, src, calib, len(model.model),
+                                  model_metadata(model, im), w.parent / f"{w.stem}_int8_openvino_model"))
+    return [f for f in out if f]
 
 
 def report(files: list, seconds: float, weights: Path) -> None:
@@ -172,7 +208,8 @@ def report(files: list, seconds: float, weights: Path) -> None:
 
 def parse_opt(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Export a model to TorchScript, ONNX, OpenVINO or ncnn.")
-    parser.add_argument("--data", type=str, default=ROOT / "data/coco128.yaml", help="dataset.yaml path (unused here)")
+    parser.add_argument("--data", type=str, default=None,
+                        help="dataset.yaml whose train split calibrates --int8 (default: built-in data/shapes.yaml)")
     parser.add_argument("--weights", nargs="+", type=str, default=ROOT / "yolov5s.pt", help="model.pt path(s)")
     parser.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch size")
@@ -181,7 +218,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--inplace", action="store_true", help="set YOLOv5 Detect() inplace=True")
     parser.add_argument("--keras", action="store_true", help="TF: use Keras (not supported here)")
     parser.add_argument("--optimize", action="store_true", help="TorchScript: optimize for mobile")
-    parser.add_argument("--int8", action="store_true", help="CoreML/TF INT8 quantization (not supported here)")
+    parser.add_argument("--int8", action="store_true",
+                        help="ONNX/OpenVINO: also write INT8 models calibrated on --data (<stem>_int8.onnx, ...)")
+    parser.add_argument("--int8-images", type=int, default=DEFAULT_IMAGES, help="--int8: calibration images (max)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify model (onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=12, help="ONNX: opset version")

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from inference.autoshape import AutoShape
+from inference.backends import DetectMultiBackend, backend_kind
 from models.experimental import attempt_load
 from models.yolo import DetectionModel
 from utils.logger import LOGGER
@@ -79,9 +80,13 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: Opti
 
 def custom(path: Union[str, Path] = "path/to/model.pt", autoshape: bool = True, _verbose: bool = True, device=None,
            trust: bool = False) -> nn.Module:
-    """A local checkpoint (this project's or YOLOv5's; legacy pickles need trust=True or YOLOV5_TRUST_WEIGHTS=1)."""
+    """A local checkpoint (this project's or YOLOv5's; legacy pickles need trust=True or YOLOV5_TRUST_WEIGHTS=1), or
+    any file export.py writes (.torchscript, .onnx, _int8.onnx, *_openvino_model/, *_ncnn_model/)."""
     if not _verbose:
         LOGGER.setLevel(logging.WARNING)
+    if backend_kind(path) != "pytorch":
+        model = DetectMultiBackend(path, device=_device(device))
+        return AutoShape(model, verbose=_verbose) if autoshape else model
     model = attempt_load(path, device=_device(device), fuse=autoshape, trust=trust)
     return AutoShape(model, verbose=_verbose) if autoshape else model
 

@@ -72,7 +72,10 @@ class AutoShape(nn.Module):
             shape0, shape1, x = self._letterbox_batch(ims, size)
             x = torch.from_numpy(x).to(p.device).type_as(p) / 255
         with dt[1], torch.autocast("cuda", enabled=self.amp and p.device.type == "cuda"):
-            y = self.model(x, augment=augment, profile=profile)
+            if getattr(self.model, "batch_one_only", False):  # a fixed-shape export: one image per call
+                y = torch.cat([self.model(xi[None], augment=augment)[0] for xi in x])
+            else:
+                y = self.model(x, augment=augment, profile=profile)
         with dt[2]:
             y = non_max_suppression(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
                                     max_det=self.max_det)
@@ -86,6 +89,8 @@ class AutoShape(nn.Module):
         scaled = [[y * max(size) / max(s) for y in s] for s in shape0]
         stride = int(self.stride.max()) if hasattr(self, "stride") else 32
         shape1 = [make_divisible(x, stride) for x in np.array(scaled).max(0)]
+        fixed = getattr(self.model, "fixed_shape", None)  # exports without --dynamic take exactly their export size
+        shape1 = list(fixed[2:]) if fixed else shape1
         x = np.stack([letterbox(im, shape1, auto=False)[0] for im in ims])
         return shape0, shape1, np.ascontiguousarray(x.transpose((0, 3, 1, 2)))
 

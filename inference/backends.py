@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.checks import import_optional
 from utils.files import yaml_load
 from utils.logger import LOGGER
 from utils.results import names_dict
@@ -45,11 +46,7 @@ def backend_kind(weights: Union[str, Path]) -> str:
 
 
 def _require(module: str, path: Path, what: str, install: str):
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingRuntime(f"{path}: running {what} models needs {module}: `{install}`") from None
+    return import_optional(module, MissingRuntime(f"{path}: running {what} models needs {module}: `{install}`"))
 
 
 def _existing(path: Path, kind: str) -> Path:
@@ -208,10 +205,12 @@ class DetectMultiBackend(nn.Module):
         nc = self.forward(torch.zeros(shape, device=self.device))[0].shape[-1] - 5
         return {i: f"class{i}" for i in range(nc)}
 
-    def forward(self, im: torch.Tensor, augment: bool = False, visualize=False):
-        """im (b, 3, h, w) float in [0, 1] -> (pred (b, n, 5 + nc) float on im's device, None)."""
+    def forward(self, im: torch.Tensor, augment: bool = False, visualize=False, profile: bool = False):
+        """im (b, 3, h, w) float in [0, 1] -> (pred (b, n, 5 + nc) float on im's device, None). profile: PyTorch
+        layer timings (the hub API's flag); exported models ignore it."""
         if self.pt:
-            y = self.model(im, augment=augment, visualize=visualize) if (augment or visualize) else self.model(im)
+            flags = augment or visualize or profile
+            y = self.model(im, augment=augment, visualize=visualize, profile=profile) if flags else self.model(im)
             return (y[0] if isinstance(y, (list, tuple)) else y), None
         if (augment or visualize) and not self._warned:
             LOGGER.warning(f"WARNING: --augment/--visualize need a PyTorch model; ignored for {self.backend}")

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from utils.files import atomic_write, yaml_save
+from utils.checks import import_optional
 from utils.logger import LOGGER
 from utils.results import names_dict
 
@@ -34,11 +35,7 @@ class MissingPackage(ImportError):
 
 def require(module: str, fmt: str, install: str):
     """Import an optional package or raise MissingPackage naming the pip command."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingPackage(fmt, install) from None
+    return import_optional(module, MissingPackage(fmt, install))
 
 
 def model_metadata(model: nn.Module, im: torch.Tensor) -> dict:

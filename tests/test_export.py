@@ -318,13 +318,37 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
     md = benchmarks.run(weights=pts, data=str(data), imgsz=64, warmup=1, runs=2, backends=("pytorch", "onnx"))
     assert md in capsys.readouterr().out
     lines = md.splitlines()
-    assert lines[0] == "| model | params | GFLOPs | PyTorch ms | ONNX Runtime ms | mAP50-95 |"
+    assert lines[0] == ("| model | params | GFLOPs | PyTorch ms | ONNX Runtime ms | mAP50-95 | ONNX Runtime mAP50-95 |")
     rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines[2:]}
     assert set(rows) == {"yolov5n", "yolov5n_shuffle", "ratio yolov5n_shuffle / yolov5n"}
     for name in ("yolov5n", "yolov5n_shuffle"):
         assert all(float(v) > 0 for v in rows[name][3:5])  # a latency per backend
-        assert 0 <= float(rows[name][5]) <= 1  # mAP50-95 from val.py on the dataset
+        assert all(0 <= float(v) <= 1 for v in rows[name][5:7])  # mAP50-95 from val.py, PyTorch and the .onnx
     stock, shuffle, ratio = rows["yolov5n"], rows["yolov5n_shuffle"], rows["ratio yolov5n_shuffle / yolov5n"]
     params = [int(r[1].replace(",", "")) for r in (stock, shuffle)]
     assert float(ratio[1]) == pytest.approx(params[1] / params[0], abs=0.006)
     assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
+
+
+def test_benchmarks_key_results_by_model_not_by_file_name(models, data, tmp_path):
+    """Three checkpoints all named best.pt (two configs, one of them twice): each row runs its own model, rows are
+    labelled by config, and the two rows of one config also show their paths."""
+    files = sorted((data.parent / "images").glob("*.png"))
+    sources = {"a": lively_model(CFGS[0], files), "b": lively_model(CFGS[1], files),
+               "c": lively_model(CFGS[1], files, seed=1)}
+    weights = []
+    for folder, model in sources.items():
+        (tmp_path / folder).mkdir()
+        weights.append(str(save_own(model, tmp_path / folder / "best.pt")))
+    rows, runners = benchmarks.collect((), weights, None, 64, ["pytorch", "onnx"], tmp_path / "exports", False, 1)
+    assert benchmarks.row_labels(rows) == ["yolov5n", f"yolov5n_shuffle ({weights[1]})",
+                                           f"yolov5n_shuffle ({weights[2]})"]
+    assert sorted(runners) == [(i, b) for i in range(3) for b in ("onnx", "pytorch")]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        outputs = [reference(Path(w), x) for w in weights]
+        for (i, b), run in runners.items():
+            y = run(x)
+            torch.testing.assert_close(y, outputs[i], **TOL, msg=f"row {i} {b}")
+            assert all(not torch.allclose(y, o, **TOL) for j, o in enumerate(outputs) if j != i)
+    assert len({r["params"] for r in rows}) == 2

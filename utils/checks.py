@@ -39,3 +39,13 @@ def display_available() -> bool:
         return True
     except Exception:
         return False
+
+
+def import_optional(module: str, missing: Exception):
+    """Import an optional package (an export runtime); if it is not installed, raise `missing`, the caller's
+    one-line error naming the format and the pip command."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise missing from None

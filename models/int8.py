@@ -1,0 +1,146 @@
+"""INT8 post-training quantization for the ONNX Runtime and OpenVINO exports, calibrated on real images.
+
+Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
+(long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
+per-channel int8 weights, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect stay in float:
+see FLOAT_LAYERS. Results are written atomically next to the weights, with the fp32 exports' metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from utils.augmentations import letterbox
+from utils.files import ROOT, atomic_write, yaml_save
+from utils.logger import LOGGER
+
+INT8_FORMATS = ("onnx", "openvino")
+DEFAULT_DATA = ROOT / "data" / "shapes.yaml"  # --int8 without --data calibrates on the built-in dataset
+DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the ranges (see README)
+# Layers kept in float (module indices of the model's top-level Sequential, as in the ONNX node names /model.<i>/):
+# - the stem (layer 0): a 3-channel conv on the full-resolution image is slower in int8 than in float on CPUs
+#   (ONNX Runtime's int8 kernels gain nothing at 3 input channels and the input must be quantized first);
+# - Detect (the last layer): its 1x1 convs produce the raw box and score logits and its decode multiplies box
+#   offsets by up to the stride and anchors; int8 there moves boxes by whole pixels and costs mAP50-95.
+FLOAT_LAYERS = ("first", "last")
+
+
+class CalibrationImages:
+    """Up to `n` images of a dataset split, each yielded as a float32 (1, 3, h, w) RGB array in [0, 1].
+
+    The images are spread evenly over the split (sorted file order), decoded lazily on every pass (NNCF reads the
+    set more than once) and prepared as val.py prepares them: long side resized to max(h, w), letterboxed to (h, w)
+    with YOLOv5's grey. Images that fail to decode are skipped; if all do, the constructor raises ValueError.
+    """
+
+    def __init__(self, data, imgsz: Sequence[int], n: int = DEFAULT_IMAGES, stride: int = 32):
+        from utils.dataloaders import LoadImagesAndLabels
+        from utils.datasets_yaml import check_dataset
+        if n < 1:
+            raise ValueError(f"--int8-images {n}: calibration needs at least 1 image")
+        if data is None:
+            data = DEFAULT_DATA
+            LOGGER.info(f"INT8: no --data given, calibrating on the built-in dataset {DEFAULT_DATA.name}")
+        info = check_dataset(data)
+        self.h, self.w = (int(imgsz[0]), int(imgsz[-1]))
+        self.source = info["train"]
+        self.dataset = LoadImagesAndLabels(self.source, img_size=max(self.h, self.w), batch_size=1, augment=False,
+                                           rect=False, stride=stride, prefix="INT8 calibration: ")
+        picks = np.unique(np.linspace(0, self.dataset.n - 1, min(n, self.dataset.n)).round().astype(int))
+        self.indices = [int(i) for i in picks if self._decodes(int(i))]  # decoded once up front to refuse early
+        if not self.indices:
+            raise ValueError(f"{self.source}: none of the {len(picks)} calibration images could be decoded")
+        LOGGER.info(f"INT8: calibrating on {len(self.indices)} of {self.dataset.n} images in {self.source}")
+
+    def _decodes(self, i: int) -> bool:
+        self.dataset.load_image(i)
+        return i not in self.dataset.broken  # the loader gives a grey stand-in for an undecodable file
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in self.indices:
+            im = letterbox(self.dataset.load_image(i)[0], (self.h, self.w), auto=False, scaleup=False)[0]
+            yield np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])[None].astype(np.float32) / 255
+
+
+def _float_prefixes(n_layers: int) -> tuple:
+    """ONNX node-name prefixes of the layers in FLOAT_LAYERS for a model with n_layers top-level modules."""
+    index = {"first": 0, "last": n_layers - 1}
+    return tuple(f"/model.{index[k]}/" for k in FLOAT_LAYERS)
+
+
+def _own_initializers(proto, onnx) -> None:
+    """Give every Identity of an initializer its own copy. torch.onnx shares equal tensors (e.g. the all-zero conv
+    biases of a freshly initialised model) through Identity nodes; the quantizer only quantizes a bias that is an
+    initializer, and a conv with a float bias stays a float conv."""
+    init = {t.name: t for t in proto.graph.initializer}
+    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in init]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.initializer.append(copy)
+        proto.graph.node.remove(node)
+
+
+def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out: Path) -> Path:
+    """<stem>_int8.onnx from an fp32 ONNX file (opset >= 13): QDQ, per-channel int8 weights, uint8 activations,
+    MinMax ranges; FLOAT_LAYERS stay float. Metadata props are copied from the fp32 file."""
+    from models.exporters import require
+    onnx = require("onnx", "ONNX INT8", "pip install onnx")
+    ortq = require("onnxruntime.quantization", "ONNX INT8", "pip install onnxruntime")
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"images": x}
+
+    proto = onnx.load(str(onnx_file))
+    _own_initializers(proto, onnx)
+    keep = _float_prefixes(n_layers)
+    exclude = [n.name for n in proto.graph.node if n.name.startswith(keep)]
+    root = logging.getLogger()  # the quantizer warns on the root logger ("consider pre-processing": not needed here)
+    level = root.level
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}_") as tmp:
+        src, q = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(src))
+        try:
+            root.setLevel(logging.ERROR)
+            ortq.quantize_static(str(src), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                                 activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
+                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax)
+        finally:
+            root.setLevel(level)
+        qproto = onnx.load(str(q))
+    del qproto.metadata_props[:]
+    for p in proto.metadata_props:
+        qproto.metadata_props.add(key=p.key, value=p.value)
+    atomic_write(out, lambda fo: fo.write(qproto.SerializeToString()))
+    return out
+
+
+def quantize_openvino(onnx_file: Path, calib: CalibrationImages, n_layers: int, meta: dict, out: Path) -> Path:
+    """<stem>_int8_openvino_model/ from the fp32 ONNX file with NNCF post-training quantization; FLOAT_LAYERS
+    stay float. Holds <stem>.xml/.bin and the same metadata.yaml as the fp32 OpenVINO export."""
+    from models.exporters import atomic_dir, require
+    ov = require("openvino", "OpenVINO INT8", "pip install openvino")
+    nncf = require("nncf", "OpenVINO INT8", "pip install nncf")
+    nncf.set_log_level(logging.WARNING)  # one INFO line per skipped op otherwise
+    ov_model = ov.convert_model(str(onnx_file))
+    keep = _float_prefixes(n_layers)
+    ignored = [op.get_friendly_name() for op in ov_model.get_ops() if op.get_friendly_name().startswith(keep)]
+    q = nncf.quantize(ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.MIXED, subset_size=len(calib),
+                      ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    with atomic_dir(out) as tmp:
+        ov.save_model(q, str(tmp / f"{out.name[:-len('_int8_openvino_model')]}.xml"), compress_to_fp16=False)
+        yaml_save(tmp / "metadata.yaml", meta)
+    return out

@@ -1,0 +1,190 @@
+"""export.py --int8: calibrated INT8 ONNX and OpenVINO models that load and run in DetectMultiBackend, detect.py,
+val.py and the hub API with outputs close to fp32's; the refusals (empty dataset, undecodable images, a format
+without INT8) cost one line each; nothing half-written is left behind."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+import detect
+import export
+import hubconf
+import val
+from detect_helpers import captured_log
+from inference.backends import DetectMultiBackend
+from models.int8 import CalibrationImages
+from utils.synthetic import generate_shapes_dataset
+
+
+IMGSZ = 128
+N_TRAIN = 8
+# int8 vs fp32 of the same runtime on the calibration images, over the rows the fp32 model is confident about
+# (objectness > 0.25): mean |error| of the xywh boxes in pixels and of the objectness/class scores. Measured with
+# the shipped model at 128 px on 8 generated images: ONNX Runtime 0.15 px / 0.003, OpenVINO 0.43 px / 0.013 (NNCF
+# corrects biases, ORT does not, so they land differently). The bounds leave ~3x margin. Int8 in Detect moves boxes
+# by pixels; a calibration on BGR or 0-255 inputs breaks the ranges entirely.
+TOL = {"onnx": (0.5, 0.01), "openvino": (1.5, 0.04)}
+
+
+def _installed(*modules) -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _dataset_yaml(root: Path, train: str = "images/train", val_: str = "images/val") -> Path:
+    names = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())["names"]
+    f = root / "data.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": train, "val": val_, "names": names}))
+    return f
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A few images of the built-in shapes dataset (same generator, another seed), with labels."""
+    root = tmp_path_factory.mktemp("int8data")
+    generate_shapes_dataset(root, n_train=N_TRAIN, n_val=4, seed=1)
+    return _dataset_yaml(root)
+
+
+def _weights(folder: Path) -> Path:
+    """The shipped yolov5n_shuffle.pt (a trained model: its activations are what int8 is for), copied to folder."""
+    w = folder / "tiny.pt"
+    shutil.copy(ROOT / "yolov5n_shuffle.pt", w)
+    return w
+
+
+@pytest.fixture(scope="module")
+def exports(data, tmp_path_factory):
+    """fp32 + int8 ONNX (and OpenVINO when nncf is installed) at 128 px, calibrated on the generated images."""
+    w = _weights(tmp_path_factory.mktemp("int8"))
+    fmts = ["onnx", "openvino"] if _installed("openvino", "nncf") else ["onnx"]
+    files = export.run(weights=str(w), imgsz=[IMGSZ], include=fmts, int8=True, data=str(data), int8_images=N_TRAIN)
+    return w, {f.name: f for f in files}
+
+
+def _calibration_batch(data) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate(list(CalibrationImages(str(data), (IMGSZ, IMGSZ), N_TRAIN))))
+
+
+def test_calibration_images_are_prepared_as_val_prepares_them(data):
+    from utils.dataloaders import create_dataloader
+    calib = CalibrationImages(str(data), (IMGSZ, IMGSZ), 3)
+    assert len(calib) == 3
+    xs = list(calib)
+    assert all(x.shape == (1, 3, IMGSZ, IMGSZ) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1 for x in xs)
+    # val.py on a fixed-shape export: batch 1, square letterbox (rect off); its images / 255 are the same arrays
+    loader = create_dataloader(str(data.parent / "images" / "train"), IMGSZ, 1, 32, rect=False, workers=0)[0]
+    ref = {Path(p).name: (im[0].float() / 255).numpy() for im, _, (p,), _ in loader}  # val.py's division
+    files = [Path(calib.dataset.im_files[i]).name for i in calib.indices]
+    assert files == ["train_00000.jpg", "train_00004.jpg", "train_00007.jpg"]  # spread over the split
+    for f, x in zip(files, xs):
+        np.testing.assert_array_equal(x[0], ref[f])
+
+
+def test_int8_files_load_with_fp32_metadata_and_stay_close(exports, data):
+    w, files = exports
+    assert {"tiny.onnx", "tiny_int8.onnx"} <= set(files)
+    x = _calibration_batch(data)
+    for fmt, (fp32_name, int8_name) in {"onnx": ("tiny.onnx", "tiny_int8.onnx"),
+                                        "openvino": ("tiny_openvino_model", "tiny_int8_openvino_model")}.items():
+        if int8_name not in files:
+            continue
+        fp32, int8 = DetectMultiBackend(files[fp32_name]), DetectMultiBackend(files[int8_name])
+        assert (int8.names, int8.stride, int8.fixed_shape) == (fp32.names, fp32.stride, (1, 3, IMGSZ, IMGSZ))
+        assert int8.batch_one_only and len(int8.names) == 8
+        y0 = torch.cat([fp32(xi[None])[0] for xi in x])
+        y1 = torch.cat([int8(xi[None])[0] for xi in x])
+        assert y1.shape == y0.shape
+        sure = y0[..., 4] > 0.25
+        assert sure.sum() > 50, "the model should be confident about some rows"
+        err_box, err_score = (y1 - y0)[sure].abs().split((4, y0.shape[-1] - 4), 1)
+        box_tol, score_tol = TOL[fmt]
+        assert 0 < float(err_box.mean()) < box_tol and float(err_score.mean()) < score_tol, (
+            fmt, float(err_box.mean()), float(err_score.mean()))
+    assert not [p for p in w.parent.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_detect_val_and_hub_run_the_int8_files(exports, data, tmp_path):
+    w, files = exports
+    images = data.parent / "images" / "val"
+    for name in [n for n in files if "int8" in n]:
+        save_dir = detect.run(weights=str(files[name]), source=str(images), imgsz=(IMGSZ, IMGSZ), project=tmp_path,
+                              name=name, save_txt=True, nosave=True)
+        assert list((save_dir / "labels").glob("*.txt")), f"{name}: detect.py found nothing"
+        maps = [val.run(data=str(data), weights=str(files[f]), imgsz=IMGSZ, workers=0, plots=False,
+                        project=tmp_path, name=f"val_{f}")[0][3] for f in (name.replace("_int8", ""), name)]
+        # 4 images at 128 px: a few boxes more or less move mAP50-95 by hundredths (the real check is in the README)
+        assert maps[0] > 0 and abs(maps[1] - maps[0]) < 0.1, maps
+        api = hubconf.custom(path=str(files[name]), _verbose=False)
+        results = api([str(p) for p in sorted(images.glob("*.jpg"))[:2]], size=IMGSZ)
+        assert len(results.xyxy) == 2 and sum(len(d) for d in results.xyxy) > 0
+
+
+def _image_dataset(root: Path, images: dict) -> Path:
+    """A dataset whose only split holds `images` ({file name: bytes})."""
+    (root / "images").mkdir(parents=True)
+    for name, content in images.items():
+        (root / "images" / name).write_bytes(content)
+    return _dataset_yaml(root, "images", "images")
+
+
+def test_refusals_are_one_line_and_write_nothing(data, tmp_path):
+    w = _weights(tmp_path)
+    empty = _image_dataset(tmp_path / "empty", {})
+    broken = _image_dataset(tmp_path / "broken", {f"{i}.jpg": b"\xff\xd8 not a jpeg" * 20 for i in range(3)})
+    cases = [({"data": str(empty), "include": ["onnx"]}, FileNotFoundError, "no images found"),
+             ({"data": str(broken), "include": ["onnx"]}, ValueError, "none of the 3 images is usable"),
+             ({"data": str(data), "include": ["onnx", "torchscript"]}, ValueError,
+              r"--int8 --include torchscript: INT8 export is available for onnx and openvino only")]
+    for kw, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            export.run(weights=str(w), imgsz=[IMGSZ], int8=True, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "empty", "tiny.pt"]
+    proc = subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(w), "--img", str(IMGSZ),
+                           "--include", "onnx", "--int8", "--data", str(empty)], capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("ERROR: ") and "no images found" in lines[-1]
+    assert sum(line.startswith("ERROR") for line in lines) == 1
+
+
+def test_missing_nncf_is_one_line_and_onnx_int8_still_written(data, tmp_path, monkeypatch):
+    w = _weights(tmp_path)
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if not installed
+    with captured_log() as log:
+        files = export.run(weights=str(w), imgsz=[IMGSZ], include=["onnx", "openvino"], int8=True, data=str(data),
+                           int8_images=2)
+    assert [f.name for f in files if "int8" in f.name] == ["tiny_int8.onnx"]
+    lines = [m for m in log if "pip install nncf" in m]
+    assert len(lines) == 1 and "OpenVINO INT8" in lines[0]
+    assert not (tmp_path / "tiny_int8_openvino_model").exists()
+
+
+def test_a_failed_quantization_leaves_no_file(data, tmp_path, monkeypatch):
+    import onnxruntime.quantization as ortq
+    w = _weights(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer crashed")
+    monkeypatch.setattr(ortq, "quantize_static", broken)
+    with captured_log() as log:
+        files = export.run(weights=str(w), imgsz=[IMGSZ], include=["onnx"], int8=True, data=str(data), int8_images=2)
+    assert [f.name for f in files] == ["tiny.onnx"]
+    assert any("ONNX INT8" in m and "quantizer crashed" in m for m in log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.pt"]
+
+
+def test_no_data_calibrates_on_the_built_in_dataset_with_one_line(monkeypatch, data):
+    import models.int8 as int8
+    monkeypatch.setattr(int8, "DEFAULT_DATA", data)  # stands in for data/shapes.yaml (whose first use generates it)
+    with captured_log() as log:
+        calib = CalibrationImages(None, (IMGSZ, IMGSZ), 2)
+    assert len(calib) == 2
+    assert sum("no --data given, calibrating on the built-in dataset" in m for m in log) == 1
