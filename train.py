@@ -352,6 +352,9 @@ def train(hyp, opt, device):
         if s.plots:
             plot_results(file=s.save_dir / "results.csv")
         LOGGER.info(f"Results saved to {colorstr('bold', s.save_dir)}")
+        if s.best.exists():
+            LOGGER.info(f"Final: mAP50 {s.results[2]:.3f}, mAP50-95 {s.results[3]:.3f} on the val split; best weights: "
+                        f"{colorstr('bold', s.best)}")
     return s.results
 
 

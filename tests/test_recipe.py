@@ -17,10 +17,10 @@ def test_nominal_steps_count_accumulated_batches():
 def test_short_run_gets_adamw_small_lr_no_bias_warmup_no_accumulation():
     r = choose_recipe(n_images=360, nc=8, batch_size=16, epochs=30)
     assert r.optimizer == "AdamW"
-    assert r.hyp["lr0"] == pytest.approx(0.01 / 12, abs=1e-6)
+    assert r.hyp["lr0"] == 0.0025
     assert r.hyp["momentum"] == 0.9 and r.hyp["warmup_bias_lr"] == 0.0
     assert r.nbs == 16  # one optimizer step per batch of 16
-    assert choose_recipe(600, 12, 16, 36).hyp["lr0"] == pytest.approx(0.000625)  # more classes, smaller lr0
+    assert choose_recipe(600, 12, 16, 36).hyp["lr0"] == 0.001875  # more classes, smaller lr0
     assert "short run" in r.reason and "180 steps" in r.reason
 
 
@@ -38,10 +38,10 @@ def test_auto_overrides_the_hyp_files_learning_rate_and_logs_one_line():
     with captured_log() as log:
         r = resolve_recipe("auto", hyp, n_images=600, nc=12, batch_size=16, epochs=36)
     assert r.optimizer == "AdamW" and r.nbs == 16
-    assert hyp["lr0"] == pytest.approx(0.000625) and hyp["momentum"] == 0.9 and hyp["warmup_bias_lr"] == 0.0
+    assert hyp["lr0"] == 0.001875 and hyp["momentum"] == 0.9 and hyp["warmup_bias_lr"] == 0.0
     assert hyp["fliplr"] == 0.0 and hyp["warmup_epochs"] == 3.0 and hyp["cls"] == 0.5  # the rest is the user's
     lines = [line for line in log if "recipe:" in line]
-    assert len(lines) == 1 and "AdamW" in lines[0] and "short run" in lines[0] and "lr0=0.000625" in lines[0]
+    assert len(lines) == 1 and "AdamW" in lines[0] and "short run" in lines[0] and "lr0=0.001875" in lines[0]
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
