@@ -54,12 +54,15 @@ def choose_recipe(n_images: int, nc: int, batch_size: int, epochs: int, evolve: 
 
 
 def count_images(path) -> int:
-    """Number of image files in a dataset split (folder, .txt list or a list of those), 0 if it has none."""
+    """Number of image files in a dataset split (folder, .txt list or a list of those), 0 if it has none. Quiet:
+    the dataloader reports ignored files and missing folders when it lists the same split."""
+    was_disabled, LOGGER.disabled = LOGGER.disabled, True
     try:
-        files, _ = list_image_files(path)
+        return len(list_image_files(path)[0])
     except FileNotFoundError:
         return 0
-    return len(files)
+    finally:
+        LOGGER.disabled = was_disabled
 
 
 def resolve_recipe(optimizer: str, hyp: dict, n_images: int, nc: int, batch_size: int, epochs: int,
