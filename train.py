@@ -45,6 +45,7 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from models.pretrained import load_shufflenet_backbone  # noqa: E402
+from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_status, de_parallel, init_seeds,  # noqa: E402
                                select_device, torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
@@ -286,6 +287,7 @@ class RunState:
     compute_loss: ComputeLoss = None
     stopper: EarlyStopping = None
     val_loader: object = None
+    recipe: Recipe = None  # what --optimizer (auto by default) chose: optimizer, hyp overrides, nominal batch
 
     @property
     def w(self) -> Path:
@@ -317,6 +319,11 @@ def start_run(hyp, opt, device) -> RunState:
     """Run directory, hyp.yaml/opt.yaml, seeds and the dataset yaml; returns the state the other steps share."""
     s = RunState(save_dir=Path(opt.save_dir), epochs=opt.epochs, plots=not opt.evolve and not opt.noplots,
                  device=device)
+    with torch_distributed_zero_first(LOCAL_RANK):
+        s.data = check_dataset(opt.data, trust=opt.trust_data)
+    s.nc = 1 if opt.single_cls else int(s.data["nc"])
+    s.recipe = resolve_recipe(opt.optimizer, hyp, count_images(s.data["train"]), s.nc, opt.batch_size, opt.epochs,
+                              evolve=bool(opt.evolve))
     opt.hyp = dict(hyp)  # unscaled, so opt.yaml and ckpt['opt'] hold the values a --resume continues with
     if RANK in (-1, 0):
         s.save_dir.mkdir(parents=True, exist_ok=True)
@@ -328,9 +335,6 @@ def start_run(hyp, opt, device) -> RunState:
             remove_stale_temps(s.w)
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
     init_seeds(opt.seed + 1 + RANK, deterministic=True)
-    with torch_distributed_zero_first(LOCAL_RANK):
-        s.data = check_dataset(opt.data, trust=opt.trust_data)
-    s.nc = 1 if opt.single_cls else int(s.data["nc"])
     s.names = {0: "item"} if opt.single_cls and len(s.data["names"]) != 1 else s.data["names"]
     s.is_coco = isinstance(s.data["val"], str) and s.data["val"].endswith("coco/val2017.txt")
     return s
@@ -409,6 +413,9 @@ def train(hyp, opt, device):
         if s.plots:
             plot_results(file=s.save_dir / "results.csv")
         LOGGER.info(f"Results saved to {colorstr('bold', s.save_dir)}")
+        if s.best.exists():
+            LOGGER.info(f"Final: mAP50 {s.results[2]:.3f}, mAP50-95 {s.results[3]:.3f} on the val split; best weights: "
+                        f"{colorstr('bold', s.best)}")
     return s.results
 
 
@@ -428,10 +435,10 @@ def choose_cpu_bf16(mode: str, device) -> bool:
 def build_optimizer(s, model, opt, hyp, ckpt):
     """Three-group optimizer (weight decay scaled to the nominal batch 64), LR lambda and scheduler, EMA; on
     --resume their state from the checkpoint. Returns (optimizer, lf, scheduler, ema or None, start_epoch)."""
-    s.nbs = 64  # nominal batch size
+    s.nbs = s.recipe.nbs  # nominal batch size: 64 as in YOLOv5, the batch size in the short-run recipe
     s.accumulate = max(round(s.nbs / s.batch_size), 1)
     hyp["weight_decay"] *= s.batch_size * s.accumulate / s.nbs
-    optimizer = smart_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    optimizer = smart_optimizer(model, s.recipe.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     lf = lr_lambda(opt.cos_lr, hyp["lrf"], s.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
     ema = ModelEMA(model) if RANK in (-1, 0) else None
@@ -559,7 +566,8 @@ def parse_opt(argv=None):
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default="SGD", help="optimizer")
+    p.add_argument("--optimizer", type=str, choices=["auto", "SGD", "Adam", "AdamW"], default="auto",
+                   help="optimizer; auto: AdamW recipe for short runs, SGD for long ones (utils/recipe.py)")
     p.add_argument("--bf16", choices=["auto", "off"], default="auto",
                    help="CPU training: bf16 autocast where the CPU has AVX512-BF16/AMX (auto) or never (off)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")

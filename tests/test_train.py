@@ -24,6 +24,7 @@ from models.yolo import DetectionModel
 from models.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint
 from utils.logger import LOGGER
 from utils.loss import ComputeLoss
+from utils.recipe import Recipe, short_run_lr
 from utils.train_utils import RESULT_KEYS, load_hyp
 
 CKPT_KEYS = ["epoch", "best_fitness", "model", "ema", "updates", "optimizer", "opt", "git", "date"]
@@ -140,7 +141,9 @@ def test_run_writes_yolov5_layout(full_run):
     line = (full_run / "results.csv").read_text().splitlines()[1]
     assert all(len(cell) == 20 for cell in line.split(","))  # '%20.5g' values
     assert all(math.isfinite(v) for v in rows[0]) and rows[0][1] > 0  # box loss
-    assert yaml.safe_load((full_run / "hyp.yaml").read_text())["lr0"] == 0.01  # unscaled
+    saved_hyp = yaml.safe_load((full_run / "hyp.yaml").read_text())
+    assert saved_hyp["weight_decay"] == 0.0005  # unscaled
+    assert saved_hyp["lr0"] == short_run_lr(2)  # --optimizer auto's choice is what hyp.yaml records
     opt = yaml.safe_load((full_run / "opt.yaml").read_text())
     assert opt["save_dir"] == str(full_run) and opt["epochs"] == 1 and opt["hyp"]["box"] == 0.05
 
@@ -276,6 +279,44 @@ def test_weights_transfer_from_legacy_pickle(data, tmp_path, monkeypatch, skip_f
     assert 0 < x < y  # everything but the class-dependent head convs (and the anchors, as --cfg is given)
 
 
+# ---------------------------------------------------------------- recipe: --optimizer auto and explicit optimizers
+
+def test_default_short_run_uses_the_adamw_recipe(full_run):
+    """The tiny run (1 epoch of 2 batches) is short: AdamW, lr0 0.01/(4+2), bias warm-up from 0, not 0.1."""
+    ckpt = load_checkpoint(full_run / "weights" / "epoch0.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert all("betas" in g and "nesterov" not in g for g in groups)  # Adam-family state
+    assert [g["initial_lr"] for g in groups] == [short_run_lr(2)] * 3
+    assert groups[1]["betas"][0] == 0.9 and groups[1]["weight_decay"] == 0.0005
+    lr_bias = read_results(full_run)[1][0][11]  # x/lr0 after batch 1 of the 100-iteration warm-up: 0 -> lr0
+    assert lr_bias == pytest.approx(short_run_lr(2) / 100, rel=1e-3)
+    assert yaml.safe_load((full_run / "opt.yaml").read_text())["optimizer"] == "auto"
+
+
+def test_explicit_sgd_trains_with_yolov5_recipe(data, tmp_path, skip_final_validation):
+    with captured_log() as log:
+        run = run_cli(args(data, tmp_path, "--optimizer", "SGD", "--save-period", "1", "--noval"))
+    lines = [r for r in log if "recipe:" in r]
+    assert len(lines) == 1 and "--optimizer SGD given" in lines[0]
+    assert yaml.safe_load((run / "hyp.yaml").read_text())["lr0"] == 0.01
+    groups = load_checkpoint(run / "weights" / "epoch0.pt")["optimizer"]["param_groups"]
+    assert all(g["nesterov"] and g["initial_lr"] == 0.01 for g in groups)
+    lr_bias = read_results(run)[1][0][11]  # bias warm-up 0.1 -> lr0 over 100 iterations, after batch 1
+    assert lr_bias == pytest.approx(0.1 - (0.1 - 0.01) / 100, rel=1e-6)
+
+
+@pytest.mark.parametrize("recipe,accumulate", [(Recipe("AdamW", nbs=16), 1), (Recipe("SGD"), 4)])
+def test_accumulation_follows_the_recipe(recipe, accumulate):
+    s = train.State()
+    s.recipe, s.batch_size, s.epochs = recipe, 16, 10
+    model = DetectionModel(ROOT / "models" / "yolov5n_shuffle.yaml", nc=2)
+    opt = train.parse_opt(["--optimizer", recipe.optimizer])
+    hyp = load_hyp(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
+    optimizer = train.build_optimizer(s, model, opt, hyp, None)[0]
+    assert s.accumulate == accumulate and type(optimizer).__name__ == recipe.optimizer
+    assert hyp["weight_decay"] == 0.0005 * 16 * accumulate / recipe.nbs
+
+
 # ---------------------------------------------------------------- training flags
 
 def test_flags_quad_rect_cache_disk_single_cls_freeze(tmp_path, skip_final_validation):
@@ -342,7 +383,7 @@ def test_no_argument_defaults(monkeypatch):
     assert Path(opt.data) == ROOT / "data" / "shapes.yaml"
     assert Path(opt.hyp) == ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
     assert Path(opt.save_dir).parent == ROOT / "runs" / "train" and not Path(opt.save_dir).exists()
-    assert (opt.weights, opt.epochs, opt.batch_size, opt.imgsz, opt.optimizer) == ("", 100, 16, 640, "SGD")
+    assert (opt.weights, opt.epochs, opt.batch_size, opt.imgsz, opt.optimizer) == ("", 100, 16, 640, "auto")
     assert seen["hyp"]["lr0"] == 0.01 and seen["hyp"]["mosaic"] == 1.0
     assert train.parse_opt(["--local-rank", "1", "--img", "320"]).local_rank == 1
     assert train.parse_opt(["--local_rank", "2", "--img-size", "96"]).imgsz == 96
