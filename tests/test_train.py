@@ -307,8 +307,7 @@ def test_explicit_sgd_trains_with_yolov5_recipe(data, tmp_path, skip_final_valid
 
 @pytest.mark.parametrize("recipe,accumulate", [(Recipe("AdamW", nbs=16), 1), (Recipe("SGD"), 4)])
 def test_accumulation_follows_the_recipe(recipe, accumulate):
-    s = train.State()
-    s.recipe, s.batch_size, s.epochs = recipe, 16, 10
+    s = train.RunState(save_dir=ROOT, epochs=10, plots=False, device=torch.device("cpu"), batch_size=16, recipe=recipe)
     model = DetectionModel(ROOT / "models" / "yolov5n_shuffle.yaml", nc=2)
     opt = train.parse_opt(["--optimizer", recipe.optimizer])
     hyp = load_hyp(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
