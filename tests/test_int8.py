@@ -2,8 +2,10 @@
 val.py and the hub API with outputs close to fp32's; the refusals (empty dataset, undecodable images, a format
 without INT8) cost one line each; nothing half-written is left behind."""
 
+import os
 import runpy
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,8 +67,12 @@ def exports(data, tmp_path_factory):
     """fp32 + int8 ONNX (and OpenVINO when nncf is installed) at 128 px, calibrated on the generated images."""
     w = _weights(tmp_path_factory.mktemp("int8"))
     fmts = ["onnx", "openvino"] if _installed("openvino", "nncf") else ["onnx"]
-    files = export.run(weights=str(w), imgsz=[IMGSZ], include=fmts, int8=True, data=str(data), int8_images=N_TRAIN)
-    return w, {f.name: f for f in files}
+    # The CLI in a child process, as users run it. Quantizing in the test process itself left it crashing with
+    # SIGSEGV at the next subprocess spawn, once earlier tests had run multi-worker DataLoaders.
+    subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(w), "--img", str(IMGSZ), "--include",
+                    *fmts, "--int8", "--data", str(data), "--int8-images", str(N_TRAIN)], check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return w, {f.name: f for f in w.parent.iterdir() if f.name != w.name}
 
 
 def _calibration_batch(data) -> torch.Tensor:
