@@ -15,7 +15,14 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(1)  # tiny test models: one thread beats two, and leaves a core for data workers
 
 
+LAST = ("test_int8.py",)  # see pytest_collection_modifyitems
+
+
 def pytest_collection_modifyitems(config, items):
+    # The INT8 tests run last. After they have run int8 OpenVINO/ONNX Runtime models in this process (following
+    # the rest of the suite), the next subprocess the test process started died with SIGSEGV, in every order we
+    # tried; nothing after them starts one. The cause is not found yet (see the closing notes).
+    items.sort(key=lambda item: item.path.name in LAST)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
