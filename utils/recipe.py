@@ -11,7 +11,7 @@ from utils.dataset_scan import list_image_files
 from utils.logger import LOGGER, colorstr
 
 NBS = 64  # YOLOv5's nominal batch size: gradients are accumulated to about 64 images per optimizer step
-SHORT_RUN_STEPS = 10_000  # fewer nominal-batch optimizer steps than this = a short run (as Ultralytics 8's 'auto')
+SHORT_RUN_STEPS = 10_000  # fewer nominal-batch optimizer steps than this = a short run (the same line as YOLOv8's optimizer=auto)
 SHORT_RUN_LR = 0.03  # AdamW lr0 = SHORT_RUN_LR / (4 + nc): 0.0025 at 8 classes (README: measured on shapes)
 
 
