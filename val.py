@@ -148,13 +148,17 @@ class _Tally:
         self.confusion = ConfusionMatrix(nc=self.nc)
 
 
+def _stride(model) -> int:
+    """The model's largest stride, at least 32 (image sizes and letterboxing are multiples of it)."""
+    return int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
+
+
 def _load_standalone(weights, device, batch_size, imgsz, half, trust_weights, data, trust_data):
     """val.py run by itself: load the model and the dataset description. -> (model, device, half, imgsz, batch, data)"""
     device = select_device(device, batch_size=batch_size)
     half &= device.type == "cuda"
     model = load_model(weights, device, half, trust_weights, data)
-    stride = int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
-    imgsz = check_img_size(imgsz, s=stride)
+    imgsz = check_img_size(imgsz, s=_stride(model))
     if getattr(model, "batch_one_only", False) and batch_size != 1:
         LOGGER.info(f"Forcing --batch-size 1 for {weights}: this backend runs one image at a time")
         batch_size = 1
@@ -171,8 +175,7 @@ def _standalone_loader(model, weights, data, task, nc, single_cls, imgsz, batch_
     task = task if task in ("train", "val", "test") else "val"
     if not data.get(task):
         raise ValueError(f"--task {task}: the dataset yaml has no '{task}' split")
-    stride = int(max(model.stride.max(), 32)) if hasattr(model, "stride") else 32
-    return create_dataloader(data[task], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
+    return create_dataloader(data[task], imgsz, batch_size, _stride(model), single_cls, pad=pad, rect=rect,
                              workers=workers, prefix=colorstr(f"{task}: "))[0]
 
 
