@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # as a script only: importing benchmarks.py leaves the process as it was
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

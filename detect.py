@@ -9,12 +9,9 @@ Results go to runs/detect/exp{n}: annotated media, labels/*.txt (--save-txt), cr
 import argparse
 import contextlib
 import math
-import os
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # as a script only: importing this module leaves the process as it was
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of starving loader workers
 import cv2  # noqa: E402
 import torch  # noqa: E402
 

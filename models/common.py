@@ -311,3 +311,62 @@ def _fuse_sequential(seq: nn.Sequential) -> None:
         if isinstance(seq[i], nn.BatchNorm2d) and isinstance(seq[i - 1], nn.Conv2d):
             seq[i - 1] = fuse_conv_and_bn(seq[i - 1], seq[i])
             seq[i] = nn.Identity()
+
+
+# Blocks of the `*_shuffle_cpu` configs (accuracy per millisecond on CPUs). Built from Conv, so fuse() folds every
+# BN, the yaml's `activation:` key applies to them, and they export like any YOLOv5 conv.
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit with a choice of kernel, of activation (the model's) and of the branch's conv.
+
+    stride 1: the input's two channel halves are x1, x2; out = interleave(x1, branch2(x2)), channels kept.
+    stride 2: out = interleave(branch1(x), branch2(x)), resolution halved; c2 may differ from c1.
+    The interleave is ShuffleNetV2's concat + channel shuffle in one copy.
+    dense=False: ShuffleNetV2's branches (1x1 -> k x k depth-wise -> 1x1; stride 2: k x k depth-wise -> 1x1).
+    dense=True: 1x1 -> dense k x k conv (stride 2: one dense k x k conv). Fewer conv calls, and on x86 CPUs a
+    dense 3x3 conv runs far above a depth-wise one's FLOP rate and trains faster (see yolov5n_shuffle_cpu.yaml).
+    """
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, s=1, k=5, dense=False):
+        super().__init__()
+        if s not in (1, 2):
+            raise ValueError(f"ShuffleUnit: stride must be 1 or 2, got {s}")
+        if k not in (3, 5, 7):
+            raise ValueError(f"ShuffleUnit: kernel must be 3, 5 or 7, got {k}")
+        if c2 % 2 or (s == 1 and c1 != c2):
+            raise ValueError(f"ShuffleUnit(c1={c1}, c2={c2}, s={s}): the output is two equal halves, so c2 must be "
+                             f"even, and a stride-1 unit keeps its channel count (c1 == c2); give this row the "
+                             f"previous layer's output channels, or use stride 2")
+        c_ = c2 // 2
+        self.s = s
+        if dense:
+            if s == 2:
+                self.branch1 = Conv(c1, c_, k, 2)
+            self.branch2 = nn.Sequential(Conv(c1 if s == 2 else c_, c_, 1), Conv(c_, c_, k, s))
+        else:
+            if s == 2:
+                self.branch1 = nn.Sequential(Conv(c1, c1, k, 2, g=c1, act=False), Conv(c1, c_, 1))
+            self.branch2 = nn.Sequential(Conv(c1 if s == 2 else c_, c_, 1), Conv(c_, c_, k, s, g=c_, act=False),
+                                         Conv(c_, c_, 1))
+
+    def forward(self, x):
+        if self.s == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return interleave_channels(x1, self.branch2(x2))
+        return interleave_channels(self.branch1(x), self.branch2(x))
+
+
+class DWSepConv(nn.Module):
+    """Depth-wise separable conv: k x k depth-wise conv (stride s) -> BN -> act, then 1x1 conv to c2 -> BN -> act."""
+
+    channel_rule = "conv"
+
+    def __init__(self, c1, c2, k=5, s=1):
+        super().__init__()
+        self.dw = Conv(c1, c1, k, s, g=c1)
+        self.pw = Conv(c1, c2, 1)
+
+    def forward(self, x):
+        return self.pw(self.dw(x))
+

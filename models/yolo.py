@@ -17,7 +17,7 @@ if __name__ == "__main__":  # run as a script: make `models` and `utils` importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
-                           ShuffleNetV2_InvertedResidual)
+                           DWSepConv, ShuffleNetV2_InvertedResidual, ShuffleUnit)
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_keys, check_yaml, yaml_load  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
@@ -26,7 +26,7 @@ from utils.torch_utils import (initialize_weights, model_info, scale_img, select
 
 # Module names a model yaml may use. Built explicitly (no eval); YOLOv5-Lite's spellings are accepted as aliases.
 MODULES = {c.__name__: c for c in (Conv, DWConv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Conv_maxpool,
-                                   ShuffleNetV2_InvertedResidual)}
+                                   DWSepConv, ShuffleNetV2_InvertedResidual, ShuffleUnit)}
 MODULES.update({"Shuffle_Block": ShuffleNetV2_InvertedResidual, "conv_bn_relu_maxpool": Conv_maxpool,
                 "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.ConvTranspose2d": nn.ConvTranspose2d,
                 "nn.Identity": nn.Identity, "nn.MaxPool2d": nn.MaxPool2d})

@@ -1,0 +1,152 @@
+"""The *_shuffle_cpu configs (issue 14): their blocks, fuse, exports, and benchmarks/pareto.py's quick mode."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, write_yaml
+from models.common import DWSepConv, ShuffleUnit, interleave_channels
+from models.yolo import Detect, DetectionModel
+
+DW_CFGS = sorted(p.name for p in (ROOT / "models").glob("*_shuffle_cpu.yaml"))
+
+
+def fused_copy(model):
+    from copy import deepcopy
+    return deepcopy(model).eval().fuse()
+
+
+def test_both_scales_exist():
+    assert DW_CFGS == ["yolov5n_shuffle_cpu.yaml", "yolov5s_shuffle_cpu.yaml"]
+
+
+@pytest.mark.parametrize("s, shape_out", [(1, (2, 16, 12, 10)), (2, (2, 24, 6, 5))])
+def test_shuffle_unit_shapes(s, shape_out):
+    unit = ShuffleUnit(16, shape_out[1], s)
+    assert tuple(unit(torch.rand(2, 16, 12, 10)).shape) == shape_out
+
+
+def test_stride1_unit_passes_first_half_through_interleaved():
+    torch.manual_seed(0)
+    unit = ShuffleUnit(8, 8, 1, 3).eval()
+    x = torch.rand(1, 8, 6, 6)
+    y = unit(x)
+    torch.testing.assert_close(y[:, 0::2], x[:, :4])  # even output channels are the untouched first half
+    torch.testing.assert_close(y[:, 1::2], unit.branch2(x[:, 4:]))
+
+
+def test_interleave_is_cat_then_shuffle_in_both_memory_formats():
+    a, b = torch.rand(1, 6, 5, 4), torch.rand(1, 6, 5, 4)
+    want = torch.cat((a, b), 1).view(1, 2, 6, 5, 4).transpose(1, 2).reshape(1, 12, 5, 4)
+    torch.testing.assert_close(interleave_channels(a, b), want)
+    cl = torch.channels_last
+    torch.testing.assert_close(interleave_channels(a.to(memory_format=cl), b.to(memory_format=cl)), want)
+
+
+@pytest.mark.parametrize("args, words", [
+    ((16, 24, 1), "c1 == c2"), ((16, 15, 2), "c2 must be even"), ((16, 16, 3), "stride must be 1 or 2"),
+    ((16, 16, 1, 4), "kernel must be 3, 5 or 7")])
+def test_shuffle_unit_bad_arguments(args, words):
+    with pytest.raises(ValueError, match=words):
+        ShuffleUnit(*args)
+
+
+def test_bad_row_names_file_and_layer(tmp_path):
+    d = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[10, 13, 16, 30, 33, 23]] * 3,
+         "backbone": [[-1, 1, "Conv_maxpool", [24]], [-1, 1, "ShuffleUnit", [48, 2]], [-1, 1, "ShuffleUnit", [64, 1]]],
+         "head": [[[0, 1, 2], 1, "Detect", ["nc", "anchors"]]]}
+    with pytest.raises(ValueError, match=r"bad\.yaml, layer 2 \(ShuffleUnit .*c1 == c2"):
+        DetectionModel(write_yaml(tmp_path / "bad.yaml", d))
+
+
+def test_dwsep_conv_shapes_and_fuse():
+    torch.manual_seed(0)
+    m = DWSepConv(8, 12, 5, 2)
+    for _ in range(2):  # give the BNs running statistics that are not the identity
+        m.train()(torch.rand(4, 8, 16, 16) * 3)
+    m.eval()
+    x = torch.rand(1, 8, 16, 16)
+    y = m(x)
+    assert y.shape == (1, 12, 8, 8)
+    m.dw.fuse(), m.pw.fuse()
+    assert not hasattr(m.dw, "bn") and m.dw.conv.groups == 8 and m.dw.conv.kernel_size == (5, 5)
+    torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", DW_CFGS)
+def test_config_builds_fuses_and_matches(cfg):
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=5)
+    assert model.stride.tolist() == [8, 16, 32]
+    assert any(isinstance(m, ShuffleUnit) for m in model.modules())
+    assert isinstance(model.model[-1], Detect) and model.model[-1].no == 10
+    model.train()
+    for _ in range(2):  # running BN statistics, so that fusing them changes the weights
+        model(torch.rand(2, 3, 96, 96) * 2)
+    model.eval()
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        want = model(x)[0]
+        got = fused_copy(model)(x)[0]
+    assert got.shape == want.shape == (2, 3 * (12 * 16 + 6 * 8 + 3 * 4), 10)
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    assert not any(hasattr(m, "bn") for m in fused_copy(model).modules() if type(m).__name__ == "Conv")
+
+
+def test_n_config_exports_onnx_openvino_ncnn(tmp_path):
+    """export.py on the n-scale model: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
+    import export
+    from detect_helpers import save_own
+    from inference.backends import DetectMultiBackend
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=3).eval()
+    model.names = {0: "a", 1: "b", 2: "c"}
+    w = save_own(model, tmp_path / "dw.pt")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        want = DetectMultiBackend(w)(x)[0]
+    onnx_file = export.run(weights=str(w), imgsz=(64, 64), include=["onnx"], dynamic=True)[0]
+    torch.testing.assert_close(DetectMultiBackend(onnx_file)(x)[0], want, atol=2e-2, rtol=1e-3)
+    files = export.run(weights=str(w), imgsz=[64], include=["openvino", "ncnn"])
+    assert [f.name for f in files] == ["dw.onnx", "dw_openvino_model", "dw_ncnn_model"]
+    for f in files[1:]:
+        torch.testing.assert_close(DetectMultiBackend(f)(x[:1])[0], want[:1], atol=2e-2, rtol=1e-3)
+
+
+def test_pareto_quick_on_a_tiny_dataset(tmp_path):
+    """The whole command: two trainings, validation at two sizes, latency, table, plot and json."""
+    from test_export import make_dataset
+    data = make_dataset(tmp_path / "data", n=4)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pareto.py"), "--quick", "--data", str(data), "--img", "64",
+           "--smaller", "32", "--latency-size", "96", "--epochs", "1", "--batch", "4", "--workers", "0",
+           "--runs", "2", "--warmup", "1", "--project", str(tmp_path / "runs"), "--name", "q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "q"
+    points = json.loads((out / "results.json").read_text())["points"]
+    assert [(p["config"], p["img"]) for p in points] == [("yolov5n", 64), ("yolov5n", 32),
+                                                          ("yolov5n_shuffle_cpu", 64)]
+    for p in points:
+        assert set(p["ms"]) == set(p["ms_big"]) == {"pytorch", "onnx"}
+        assert all(v > 0 for v in list(p["ms"].values()) + list(p["ms_big"].values()))
+        assert 0 <= p["map"] <= p["map50"] <= 1 and p["train_s"] > 0
+    small, big = points[1], points[0]
+    assert small["ms_big"] == big["ms_big"] and small["train_s"] == big["train_s"]  # one network, one training
+    md = (out / "pareto.md").read_text()
+    assert "| yolov5n_shuffle_cpu / yolov5n |" in md and "| yolov5n @32 | 32 |" in md
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert "Saved" in proc.stdout
+
+
+def test_pareto_refuses_bad_flags_before_training(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pareto.py"), "--cfg", "nope.yaml", "--project",
+           str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "nope.yaml" in proc.stderr.strip().splitlines()[-1]
+    assert not any(tmp_path.iterdir())  # nothing written
+    proc = subprocess.run(cmd[:2] + ["--backends", "tensorrt"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and "tensorrt" in proc.stderr
