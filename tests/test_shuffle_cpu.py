@@ -12,7 +12,8 @@ from conftest import ROOT, write_yaml
 from models.common import DWSepConv, ShuffleUnit, interleave_channels
 from models.yolo import Detect, DetectionModel
 
-DW_CFGS = sorted(p.name for p in (ROOT / "models").glob("*_shuffle_cpu.yaml"))
+CPU_CFGS = sorted(p.name for p in (ROOT / "models").glob("*_shuffle_cpu.yaml"))
+DW_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_dw.yaml")  # the depth-wise design that lost
 
 
 def fused_copy(model):
@@ -21,18 +22,30 @@ def fused_copy(model):
 
 
 def test_both_scales_exist():
-    assert DW_CFGS == ["yolov5n_shuffle_cpu.yaml", "yolov5s_shuffle_cpu.yaml"]
+    assert CPU_CFGS == ["yolov5n_shuffle_cpu.yaml", "yolov5s_shuffle_cpu.yaml"]
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("s, shape_out", [(1, (2, 16, 12, 10)), (2, (2, 24, 6, 5))])
-def test_shuffle_unit_shapes(s, shape_out):
-    unit = ShuffleUnit(16, shape_out[1], s)
+def test_shuffle_unit_shapes(s, shape_out, dense):
+    unit = ShuffleUnit(16, shape_out[1], s, 3, dense)
     assert tuple(unit(torch.rand(2, 16, 12, 10)).shape) == shape_out
 
 
-def test_stride1_unit_passes_first_half_through_interleaved():
+def test_dense_unit_has_dense_3x3_branches():
+    unit = ShuffleUnit(16, 32, 2, 3, dense=True)
+    convs = [m for m in unit.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size, c.groups, c.stride) for c in convs] == [((3, 3), 1, (2, 2)), ((1, 1), 1, (1, 1)),
+                                                                     ((3, 3), 1, (2, 2))]
+    dw = ShuffleUnit(16, 32, 2, 5)  # the depth-wise unit: 5x5 with one group per channel
+    assert [(c.kernel_size, c.groups) for c in dw.modules() if isinstance(c, torch.nn.Conv2d)] == [
+        ((5, 5), 16), ((1, 1), 1), ((1, 1), 1), ((5, 5), 16), ((1, 1), 1)]
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_stride1_unit_passes_first_half_through_interleaved(dense):
     torch.manual_seed(0)
-    unit = ShuffleUnit(8, 8, 1, 3).eval()
+    unit = ShuffleUnit(8, 8, 1, 3, dense).eval()
     x = torch.rand(1, 8, 6, 6)
     y = unit(x)
     torch.testing.assert_close(y[:, 0::2], x[:, :4])  # even output channels are the untouched first half
@@ -77,12 +90,14 @@ def test_dwsep_conv_shapes_and_fuse():
     torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cfg", DW_CFGS)
+@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
     assert model.stride.tolist() == [8, 16, 32]
-    assert any(isinstance(m, ShuffleUnit) for m in model.modules())
+    units = [m for m in model.modules() if isinstance(m, ShuffleUnit)]
+    assert units and all(isinstance(m.act, torch.nn.Hardswish) for u in units for m in u.modules() if hasattr(m, "act")
+                         and not isinstance(m.act, torch.nn.Identity))
     assert isinstance(model.model[-1], Detect) and model.model[-1].no == 10
     model.train()
     for _ in range(2):  # running BN statistics, so that fusing them changes the weights
