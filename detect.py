@@ -1,7 +1,7 @@
 """Run a detector on images, videos, folders, globs, .txt lists, webcams and streams, and save what it finds.
 
 Usage:
-    python detect.py                                        # the shipped yolov5n_shuffle.pt on data/images
+    python detect.py                                        # the shipped yolov5n_shuffle_cpu.pt on data/images
     python detect.py --weights best.pt --source img.jpg     # also: dir/  'dir/*.jpg'  vid.mp4  list.txt  0  rtsp://...
 Results go to runs/detect/exp{n}: annotated media, labels/*.txt (--save-txt), crops/<class>/*.jpg (--save-crop).
 """
@@ -33,10 +33,10 @@ from utils.results import (Stopwatch, box_label, class_name, count_summary, name
                            speed_line, txt_row)
 from utils.torch_utils import keep_freed_memory, select_device, smart_inference_mode  # noqa: E402
 
-DEFAULT_WEIGHTS = "yolov5n_shuffle.pt"  # the small model shipped in the repo root
+DEFAULT_WEIGHTS = "yolov5n_shuffle_cpu.pt"  # the small model shipped in the repo root
 URL_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 MISSING_DEFAULT = (f"{DEFAULT_WEIGHTS}: the default model is not in {ROOT}. Train one with `python train.py "
-                   f"--data data/shapes.yaml --cfg yolov5n_shuffle.yaml --weights ''` and pass "
+                   f"--data data/shapes.yaml --cfg yolov5n_shuffle_cpu.yaml --weights ''` and pass "
                    f"--weights runs/train/exp/weights/best.pt (or copy that file to {ROOT / DEFAULT_WEIGHTS})")
 
 

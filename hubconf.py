@@ -104,7 +104,7 @@ CONFIGS = {
     "yolov5m_shuffle": "ShuffleNetV2 backbone at YOLOv5m scale (models/yolov5m_shuffle.yaml)",
     "yolov5l_shuffle": "ShuffleNetV2 backbone at YOLOv5l scale (models/yolov5l_shuffle.yaml = yolov5_shuffle.yaml)",
     "yolov5x_shuffle": "ShuffleNetV2 backbone at YOLOv5x scale (models/yolov5x_shuffle.yaml)",
-    "yolov5n_shuffle_cpu": "ShuffleNetV2-style model designed for CPU latency, scale n (models/yolov5n_shuffle_cpu.yaml)",
+    "yolov5n_shuffle_cpu": "ShuffleNetV2-style model designed for CPU latency, scale n; the repo ships yolov5n_shuffle_cpu.pt",
     "yolov5s_shuffle_cpu": "ShuffleNetV2-style model designed for CPU latency, scale s (models/yolov5s_shuffle_cpu.yaml)",
 }
 

@@ -1,4 +1,4 @@
-"""The shipped default model yolov5n_shuffle.pt: checkpoint format, size, safe loading, and that detect.py at its
+"""The shipped default model yolov5n_shuffle_cpu.pt: checkpoint format, size, safe loading, and that detect.py at its
 defaults boxes and names shapes it has never seen (drawn here by the dataset generator's own shape renderer)."""
 
 from pathlib import Path
@@ -16,7 +16,7 @@ from models.checkpoint import safe_globals
 from utils.boxes import box_iou
 from utils.synthetic import CLASSES, _shape_mask
 
-WEIGHTS = ROOT / "yolov5n_shuffle.pt"
+WEIGHTS = ROOT / "yolov5n_shuffle_cpu.pt"
 CKPT_KEYS = ["epoch", "best_fitness", "model", "ema", "updates", "optimizer", "opt", "git", "date"]
 
 
@@ -47,7 +47,7 @@ def test_shipped_checkpoint_format_and_size():
     assert list(ckpt) == CKPT_KEYS
     assert ckpt["epoch"] == -1 and all(ckpt[k] is None for k in ("best_fitness", "ema", "updates", "optimizer"))
     model = ckpt["model"]
-    assert isinstance(model, DetectionModel) and model.yaml["backbone"][1][2] == "ShuffleNetV2_InvertedResidual"
+    assert isinstance(model, DetectionModel) and model.yaml["backbone"][1][2] == "ShuffleUnit"
     assert all(p.dtype == torch.float16 for p in model.parameters())
     assert model.nc == 8 and list(model.names.values()) == list(CLASSES)
 
