@@ -32,7 +32,7 @@ from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from models.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
 from models.int8 import DEFAULT_IMAGES, CalibrationImages  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import keep_freed_memory, model_info  # noqa: E402
+from utils.torch_utils import cpu_description, keep_freed_memory, model_info  # noqa: E402
 
 BACKENDS = {"pytorch": "PyTorch", "torchscript": "TorchScript", "onnx": "ONNX Runtime",  # fp32 next to int8
             "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO", "openvino_int8": "OpenVINO int8"}
@@ -212,7 +212,7 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     md = table(rows, ms, ran, [b for b in ran if any(b in r["map"] for r in rows)])
     load1 = os.getloadavg()
     print(f"\nCPU latency, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
-          f"(torch {torch.__version__}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
+          f"(torch {torch.__version__}, {cpu_description()}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
     return md
 
 

@@ -1,6 +1,6 @@
 """Accuracy per millisecond: train several configs with one recipe, then time them all in one run.
 
-    python benchmarks/pareto.py                       # the default list on the built-in dataset (about 75 min)
+    python benchmarks/pareto.py                       # the default list on the built-in dataset (about 70 min)
     python benchmarks/pareto.py --quick               # two models, 3 epochs, a few minutes: see it work
     python benchmarks/pareto.py --cfg yolov5n.yaml yolov5n_shuffle_cpu.yaml --data my.yaml --epochs 36
 
@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,23 +35,11 @@ import benchmarks as bench  # noqa: E402  (benchmarks.py, the single-run latency
 from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from utils.files import check_yaml, increment_path  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import keep_freed_memory, model_info  # noqa: E402
+from utils.torch_utils import cpu_description, keep_freed_memory, model_info  # noqa: E402
 
 DEFAULT_CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml", "yolov5n_shuffle_cpu.yaml", "yolov5s.yaml",
                 "yolov5s_shuffle_cpu.yaml")
 QUICK = {"cfg": ["yolov5n.yaml", "yolov5n_shuffle_cpu.yaml"], "epochs": 3, "runs": 5, "smaller": [256]}
-
-
-def cpu_name() -> str:
-    """The CPU model and its vector extensions that matter for these kernels (Linux /proc/cpuinfo)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return f"{model or platform.machine()} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def train(cfg: str, opt: argparse.Namespace, save_dir: Path) -> dict:
@@ -253,7 +240,7 @@ def main(opt: argparse.Namespace) -> str:
     md = table(points, opt)
     header = (f"{Path(opt.data).name}: {opt.epochs} epochs at {opt.img}, batch {opt.batch}, --optimizer "
               f"{opt.optimizer}, --hyp {Path(opt.hyp).name if opt.hyp else 'default'}, seed {opt.seed}. Latency: batch 1, "
-              f"{torch.get_num_threads()} threads, median of {opt.runs}, torch {torch.__version__}, {cpu_name()}; "
+              f"{torch.get_num_threads()} threads, median of {opt.runs}, torch {torch.__version__}, {cpu_description()}; "
               f"load average {load0[0]:.2f} before timing, {load1[0]:.2f} after.")
     text = f"{header}\n\n{md}\n"
     (save_dir / "pareto.md").write_text(text)

@@ -339,16 +339,16 @@ class ShuffleUnit(nn.Module):
                              f"even, and a stride-1 unit keeps its channel count (c1 == c2); give this row the "
                              f"previous layer's output channels, or use stride 2")
         c_ = c2 // 2
+        c_in = c1 if s == 2 else c_  # branch2 sees the whole input (stride 2) or its second half (stride 1)
         self.s = s
         if dense:
             if s == 2:
                 self.branch1 = Conv(c1, c_, k, 2)
-            self.branch2 = nn.Sequential(Conv(c1 if s == 2 else c_, c_, 1), Conv(c_, c_, k, s))
+            self.branch2 = nn.Sequential(Conv(c_in, c_, 1), Conv(c_, c_, k, s))
         else:
             if s == 2:
                 self.branch1 = nn.Sequential(Conv(c1, c1, k, 2, g=c1, act=False), Conv(c1, c_, 1))
-            self.branch2 = nn.Sequential(Conv(c1 if s == 2 else c_, c_, 1), Conv(c_, c_, k, s, g=c_, act=False),
-                                         Conv(c_, c_, 1))
+            self.branch2 = nn.Sequential(Conv(c_in, c_, 1), Conv(c_, c_, k, s, g=c_, act=False), Conv(c_, c_, 1))
 
     def forward(self, x):
         if self.s == 1:
@@ -364,9 +364,8 @@ class DWSepConv(nn.Module):
 
     def __init__(self, c1, c2, k=5, s=1):
         super().__init__()
-        self.dw = Conv(c1, c1, k, s, g=c1)
+        self.dw = DWConv(c1, c1, k, s)
         self.pw = Conv(c1, c2, 1)
 
     def forward(self, x):
         return self.pw(self.dw(x))
-

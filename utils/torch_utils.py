@@ -3,6 +3,7 @@
 import contextlib
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -86,6 +87,18 @@ def cpu_flags() -> set:
             return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
         return set()
+
+
+def cpu_description() -> str:
+    """'<model name> (<the vector extensions that matter for CPU inference>)', for latency tables."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    flags = cpu_flags()
+    return f"{model or platform.processor() or platform.machine()} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def cpu_bf16_status() -> tuple:
