@@ -237,8 +237,9 @@ def test_fused_cpu_forwards_reuse_memory_without_page_faults():
                              check=True).stdout
         return int(out.split()[-1])
 
-    # Untuned, glibc's adaptive threshold now and then settles by chance: two tries show the problem exists here.
-    assert faults("untuned") > 4000 or faults("untuned") > 4000
+    # Untuned, glibc's adaptive threshold now and then settles by chance (two tries were not always enough under
+    # load): any of three tries shows the problem exists here.
+    assert any(faults("untuned") > 4000 for _ in range(3))
     assert faults("tuned") < 1000
 
 
