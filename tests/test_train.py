@@ -378,7 +378,7 @@ def test_no_argument_defaults(monkeypatch):
     monkeypatch.setattr(train, "train", lambda hyp, opt, device: seen.update(hyp=hyp, opt=opt))
     train.main(train.parse_opt([]))
     opt = seen["opt"]
-    assert Path(opt.cfg) == ROOT / "models" / "yolov5n_shuffle.yaml"
+    assert Path(opt.cfg) == ROOT / "models" / "yolov5n_shuffle_cpu.yaml"
     assert Path(opt.data) == ROOT / "data" / "shapes.yaml"
     assert Path(opt.hyp) == ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
     assert Path(opt.save_dir).parent == ROOT / "runs" / "train" and not Path(opt.save_dir).exists()
