@@ -543,11 +543,14 @@ def _plain(d: dict) -> dict:
 
 # ---------------------------------------------------------------- command line
 
+DEFAULT_CFG = "yolov5n_shuffle_cpu.yaml"  # no --cfg, no --weights: this project's n-scale CPU design (README)
+
+
 def parse_opt(argv=None):
     p = argparse.ArgumentParser(description="Train a YOLOv5 / ShuffleNetV2-YOLOv5 detector.")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
-    p.add_argument("--cfg", type=str, default="", help="model.yaml path (default yolov5n_shuffle_cpu.yaml "
-                                                       "when neither --cfg nor --weights is given)")
+    p.add_argument("--cfg", type=str, default="", help=f"model.yaml path (default {DEFAULT_CFG} when neither "
+                                                       "--cfg nor --weights is given)")
     p.add_argument("--data", type=str, default=ROOT / "data/shapes.yaml", help="dataset.yaml path")
     p.add_argument("--hyp", type=str, default=ROOT / "data/hyps/hyp.scratch-low.yaml", help="hyperparameters path")
     p.add_argument("--epochs", type=int, default=100, help="total training epochs")
@@ -646,7 +649,7 @@ def main(opt):
         opt = resolve_resume(opt)
     else:
         if not opt.cfg and not opt.weights:
-            opt.cfg = "yolov5n_shuffle_cpu.yaml"  # this project's n-scale CPU design (README: Which model...)
+            opt.cfg = DEFAULT_CFG
         opt.data = check_yaml(opt.data)
         opt.hyp = opt.hyp if isinstance(opt.hyp, dict) else check_yaml(opt.hyp)  # train.run(hyp={...}) works too
         opt.cfg = check_yaml(opt.cfg) if opt.cfg else ""
