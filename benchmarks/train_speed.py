@@ -7,7 +7,8 @@ Each model trains in its own child process (so peak memory is its own): train.py
 epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
 split into loader wait (the training loop blocked on the next batch), forward+backward (with the loss), optimizer
 steps (unscale, clip, step, EMA) and validation+checkpoint time, the main process's peak RSS and the peak PSS of the whole
-process tree (main + dataloader workers, sampled every 0.1 s; PSS counts memory shared after fork once). The load
+process tree (main + dataloader workers, sampled every 2 s: one reading of a 2 GB process costs ~60 ms of kernel time,
+so sampling every 0.1 s slowed the training it measured by a third; PSS counts memory shared after fork once). The load
 average is printed because the numbers are only comparable on an otherwise idle machine.
 """
 
@@ -24,8 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # as train.py does when run as a script: idle OpenMP threads sleep instead of spinning
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "TRAIN_SPEED_JSON "
 
@@ -49,7 +48,7 @@ def tree_pss_mb(pid: int) -> float:
 class PeakSampler(threading.Thread):
     """Background thread keeping the maximum of tree_pss_mb(this process)."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 2.0):
         super().__init__(daemon=True)
         self.interval, self.peak, self.running = interval, 0.0, True
 
@@ -131,7 +130,8 @@ def child(opt) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as project:
         train.run(cfg=opt.cfg, data=opt.data, imgsz=opt.imgsz, epochs=opt.epochs, batch_size=opt.batch_size,
-                  workers=opt.workers, project=project, noplots=True, device="cpu", seed=0)
+                  workers=opt.workers, project=project, noplots=True, device="cpu", seed=0,
+                  optimizer=opt.optimizer)
     sampler.running = False
     sampler.join()
     print(MARK + json.dumps({
@@ -152,7 +152,8 @@ def parent(opt) -> None:
     for cfg in opt.cfg:
         load0 = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz),
-               "--epochs", str(opt.epochs), "--batch-size", str(opt.batch_size), "--workers", str(opt.workers)]
+               "--epochs", str(opt.epochs), "--batch-size", str(opt.batch_size), "--workers", str(opt.workers),
+               "--optimizer", opt.optimizer]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in p.stdout.splitlines() if x.startswith(MARK)), None)
         if p.returncode or line is None:
@@ -161,7 +162,7 @@ def parent(opt) -> None:
         r["load"] = (load0, os.getloadavg()[0])
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
-          f"--data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
+          f"--optimizer {opt.optimizer} --data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
     print(("%-22s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
                                       "total s", "RSS MB", "tree PSS", "load avg"))
@@ -182,6 +183,7 @@ def parse_opt(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="epochs per model (the first one is reported apart)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=8, help="dataloader workers (capped by the CPU count)")
+    p.add_argument("--optimizer", default="auto", help="train.py --optimizer (the speed issue's recipe: AdamW)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -177,17 +177,20 @@ class BaseModel(nn.Module):
         if last:
             LOGGER.info(f"{sum(dt):10.2f} {'-':>10s} {'-':>10s}  Total")
 
-    def fuse(self):
+    def fuse(self, verbose: bool = True):
         """Prepare for inference: every block that can fuse itself folds its BatchNorms, then the conv weights go
         channels-last (see set_conv_memory_format); same outputs within float tolerance, and the unfused
         model's checkpoint format is untouched. Process-wide settings are left alone: the scripts opt in to
-        utils.torch_utils.keep_freed_memory themselves."""
-        LOGGER.info("Fusing layers... ")
+        utils.torch_utils.keep_freed_memory themselves. verbose=False skips the log lines (train.py fuses a
+        copy of the EMA for every epoch's validation)."""
+        if verbose:
+            LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if hasattr(m, "fuse") and callable(m.fuse):
                 m.fuse()
         set_conv_memory_format(self, torch.channels_last)
-        self.info()
+        if verbose:
+            self.info()
         return self
 
     def info(self, verbose=False, img_size=640):

@@ -122,3 +122,39 @@ def test_time_limit_warns_and_returns(monkeypatch, caplog):
 def test_bad_thresholds_raise(kwargs):
     with pytest.raises(ValueError, match="thres"):
         non_max_suppression(torch.zeros(1, 0, 8), **kwargs)
+
+
+def crowded(n=6300, nc=8, bs=2, seed=0, levels=0):
+    """Untrained-detector-like output at 320 px: n boxes all over the image with scores spread down to ~0.
+    levels > 0 rounds obj and cls scores to that many steps, so that many candidates tie."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(bs, n, 5 + nc, generator=g)
+    p[..., :2] *= 320
+    p[..., 2:4] = p[..., 2:4] * 60 + 4
+    if levels:
+        p[..., 4:] = (p[..., 4:] * levels).round() / levels
+    return p
+
+
+@pytest.mark.parametrize("max_det,levels,iou", [(300, 0, 0.6), (300, 8, 0.6), (5, 0, 0.45), (4000, 0, 0.6),
+                                                (300, 0, 0.05)])
+def test_prefix_nms_equals_full_nms(monkeypatch, max_det, levels, iou):
+    """The prefix search returns what torchvision NMS over every candidate returns, cut at max_det: many or few
+    kept boxes, tied scores, a max_det above what survives, and a threshold so low that few boxes survive."""
+    monkeypatch.setattr(nms_module.time, "time", lambda: 0.0)  # no time limit: the full run is slow
+    pred = crowded(levels=levels)
+    fast = non_max_suppression(pred.clone(), 0.001, iou, multi_label=True, max_det=max_det)
+    monkeypatch.setattr(nms_module, "_first_kept", lambda b, s, t, m: nms_module._nms_indices(b, s, t)[:m])
+    full = non_max_suppression(pred.clone(), 0.001, iou, multi_label=True, max_det=max_det)
+    for a, b in zip(fast, full):
+        assert a.shape[0] > 0 and torch.equal(a, b)
+
+
+def test_prefix_nms_looks_at_few_candidates(monkeypatch):
+    """With thousands of candidates and 300 kept, NMS runs on a prefix, not on all of them."""
+    sizes = []
+    real = nms_module._nms_indices
+    monkeypatch.setattr(nms_module, "_nms_indices", lambda b, s, t: sizes.append(len(b)) or real(b, s, t))
+    out = non_max_suppression(crowded(bs=1), 0.001, 0.6, multi_label=True, max_det=300)[0]
+    assert out.shape[0] == 300
+    assert max(sizes) < 10000 < (crowded(bs=1)[0, :, 5:] * crowded(bs=1)[0, :, 4:5] > 0.001).sum()
