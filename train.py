@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 # OMP_WAIT_POLICY is left to the user: PASSIVE (idle OpenMP threads sleep at once) made a 2-core CPU epoch 7 % slower
-# (benchmarks/train_speed.py's docstring has the runs); OpenMP's default spins briefly, then sleeps.
+# than OpenMP's default, which spins briefly, then sleeps (README: "Training speed against YOLOv5 v7.0").
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -480,7 +480,8 @@ def fused_copy(model):
 
 
 def end_epoch(s, epoch, model, ema, optimizer, opt, mloss, lr) -> bool:
-    """Rank 0 after each epoch: validate the EMA, append results.csv, save last/best/epochN.pt. True = stop early."""
+    """Rank 0 after each epoch: validate (a fused copy of) the EMA, append results.csv, save last/best/epochN.pt.
+    True = stop early."""
     ema.update_attr(model, include=["yaml", "nc", "hyp", "names", "stride", "class_weights"])
     final_epoch = epoch + 1 == s.epochs or s.stopper.possible_stop
     if not opt.noval or final_epoch:

@@ -99,3 +99,21 @@ def test_class_count_mismatch_is_a_clear_error(setup, tmp_path):
     w = save_own(model, tmp_path / "own.pt")
     with pytest.raises(ValueError, match="trained on 3 classes .* has 2"):
         val.run(data=str(other), weights=str(w), imgsz=64, workers=0, project=tmp_path, plots=False)
+
+
+def test_nms_speed_benchmark_runs_both_modes_and_restores_nms(setup, tmp_path, capsys):
+    """benchmarks/nms_speed.py validates once per NMS mode and prints a row each, and leaves utils.nms as it was.
+    (That the modes return the same detections is tests/test_nms.py's; this random model scores 0 either way.)"""
+    import importlib.util
+    root, data, model = setup
+    w = save_own(model, tmp_path / "m.pt")
+    spec = importlib.util.spec_from_file_location("nms_speed", val.ROOT / "benchmarks" / "nms_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(bench.parse_opt(["--weights", str(w), "--data", str(data), "--img", "64", "--batch-size", "4",
+                                "--workers", "0", "--runs", "1", "--project", str(tmp_path / "runs")]))
+    rows = [r.split() for r in capsys.readouterr().out.splitlines() if r.startswith(("every candidate", "prefix"))]
+    assert len(rows) == 2
+    full, prefix = rows[0][2:], rows[1][1:]  # "every candidate" is two words; then run, s, ms, dropped, P, R, mAPs
+    assert full[4:] == prefix[4:] and full[3] == prefix[3] == "0"  # same P, R, mAPs; nothing dropped
+    assert bench.nms_module._first_kept is bench.PREFIX  # the library is left as it was
