@@ -51,16 +51,19 @@ def main(opt) -> None:
     dropped = DroppedImages()
     LOGGER.addHandler(dropped)
     rows = []
-    for run in range(opt.runs):
-        for mode, fn in (("every candidate", every_candidate), ("prefix", PREFIX)):
-            nms_module._first_kept = fn
-            dropped.n = 0
-            t0 = time.perf_counter()
-            (p, r, m50, m, *_), _, speed = validate.run(opt.data, weights=opt.weights, imgsz=opt.imgsz,
-                                                        batch_size=opt.batch_size, workers=opt.workers,
-                                                        device="cpu", plots=False, project=opt.project)
-            rows.append((mode, run, time.perf_counter() - t0, speed[2], dropped.n, p, r, m50, m))
-    nms_module._first_kept = PREFIX
+    try:
+        for run in range(opt.runs):
+            for mode, fn in (("every candidate", every_candidate), ("prefix", PREFIX)):
+                nms_module._first_kept = fn
+                dropped.n = 0
+                t0 = time.perf_counter()
+                (p, r, m50, m, *_), _, speed = validate.run(opt.data, weights=opt.weights, imgsz=opt.imgsz,
+                                                            batch_size=opt.batch_size, workers=opt.workers,
+                                                            device="cpu", plots=False, project=opt.project)
+                rows.append((mode, run, time.perf_counter() - t0, speed[2], dropped.n, p, r, m50, m))
+    finally:  # the library as it was, also when a run fails (main() is importable)
+        nms_module._first_kept = PREFIX
+        LOGGER.removeHandler(dropped)
     print(f"\nval.py --weights {opt.weights} --data {opt.data} --img {opt.imgsz} --batch-size {opt.batch_size}")
     print(("%-16s" + "%5s" + "%10s" * 7) % ("NMS", "run", "val s", "NMS ms", "dropped", "P", "R", "mAP50",
                                            "mAP50-95"))
