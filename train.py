@@ -46,8 +46,8 @@ from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from models.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
-from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_status, de_parallel, init_seeds,  # noqa: E402
-                               select_device, torch_distributed_zero_first)
+from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_autocast, cpu_bf16_status,  # noqa: E402
+                               de_parallel, init_seeds, select_device, torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -189,9 +189,10 @@ def optimizer_step(model, optimizer, scaler, ema, amp) -> bool:
 
 def forward_loss(s: "RunState", model, imgs, targets):
     """Forward and loss. CUDA AMP runs both under fp16 autocast, as YOLOv5 does. CPU bf16 runs only the network
-    under bf16 autocast; its outputs are cast back, so the loss (like the master weights) stays fp32."""
+    under bf16 autocast (depth-wise convs in fp32); its outputs are cast back, so the loss (like the master weights)
+    stays fp32."""
     if s.bf16:
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        with cpu_bf16_autocast():
             pred = model(imgs)
         return s.compute_loss([p.float() for p in pred], targets)
     with torch.autocast(device_type=s.device.type, enabled=s.amp):
@@ -348,9 +349,10 @@ def train(hyp, opt, device):
     model, ckpt = build_model(opt, hyp, s.nc, device)
     if getattr(opt, "backbone_weights", "") and not opt.resume:  # a resumed run's checkpoint holds the backbone
         load_shufflenet_backbone(model, opt.backbone_weights)
-    # On CPUs, channels-last (NHWC) convolutions train 10-30 % faster (oneDNN; the depth-wise ShuffleNet convs gain
-    # most). Only the memory layout changes, not the values, and checkpoints load anywhere as before.
-    s.channels_last = device.type == "cpu"
+    # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), except in models with the seed's ShuffleNetV2
+    # units, whose channel split and shuffle make NHWC copies (see trains_channels_last in models/common.py). Only
+    # the memory layout changes, not the values, and checkpoints load anywhere as before.
+    s.channels_last = device.type == "cpu" and all(getattr(m, "trains_channels_last", True) for m in model.modules())
     if s.channels_last:
         set_conv_memory_format(model, torch.channels_last)
     s.amp = check_amp(model)

@@ -243,6 +243,10 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     """
 
     channel_rule = "conv"
+    # CPU training keeps a model holding these units NCHW (train.py): their chunk and channel shuffle copy NHWC
+    # tensors, so channels-last made yolov5n_shuffle's training step slower, not faster (benchmarks/train_step.py,
+    # batch 16 at 320, Xeon with AMX: fp32 309 vs 278 ms, bf16 266 vs 215 ms). A class attribute: not in checkpoints.
+    trains_channels_last = False
 
     def __init__(self, inp, oup, stride):
         super().__init__()

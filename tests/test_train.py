@@ -433,8 +433,10 @@ def test_cache_flag_modes():
         cache_modes("ramm")
 
 
-def test_cpu_training_is_channels_last(data, tmp_path, monkeypatch, skip_final_validation):
-    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout)."""
+@pytest.mark.parametrize("cfg, nhwc", [("yolov5n_shuffle_cpu.yaml", True), ("yolov5n_shuffle.yaml", False)])
+def test_cpu_training_memory_format(cfg, nhwc, data, tmp_path, monkeypatch, skip_final_validation):
+    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout), except for
+    models with the seed's ShuffleNetV2 units, which train faster NCHW."""
     weights_cl, inputs_cl = [], []
     real = train.train_one_epoch
 
@@ -450,5 +452,5 @@ def test_cpu_training_is_channels_last(data, tmp_path, monkeypatch, skip_final_v
             hook.remove()
 
     monkeypatch.setattr(train, "train_one_epoch", spy)
-    run_cli(args(data, tmp_path, "--device", "cpu"))
-    assert weights_cl == [True] and inputs_cl and all(inputs_cl)
+    run_cli(args(data, tmp_path, "--device", "cpu", "--cfg", cfg))
+    assert weights_cl == [nhwc] and inputs_cl and all(x == nhwc for x in inputs_cl)

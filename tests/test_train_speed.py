@@ -1,6 +1,8 @@
 """CPU training speed paths: bf16 autocast gives the plain fp32 loss within a measured tolerance, and switches
 itself off, with one line, where the CPU or torch cannot run it natively."""
 
+import sys
+
 import pytest
 import torch
 
@@ -83,3 +85,44 @@ def test_per_epoch_validation_copy_is_fused_and_gives_the_same_outputs(cfg):
     torch.testing.assert_close(pred_f, pred, rtol=FUSED_RTOL, atol=FUSED_ATOL)
     for a, b in zip(raw_f, raw):
         torch.testing.assert_close(a, b, rtol=FUSED_RTOL, atol=FUSED_ATOL)
+
+
+def _conv_output_dtypes(model, x, context):
+    """{conv: dtype of its output} for one forward of `model` inside `context`."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.__setitem__(m, out.dtype))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with context:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_cpu_bf16_autocast_runs_depthwise_convs_in_fp32():
+    model = Model("yolov5n_shuffle.yaml", nc=8).train()
+    x = torch.rand(1, 3, 64, 64)
+    seen = _conv_output_dtypes(model, x, torch_utils.cpu_bf16_autocast())
+    depthwise = [m for m in seen if torch_utils.is_depthwise(m)]
+    assert len(depthwise) >= 10  # the seed's units each hold one or two
+    assert all(seen[m] == torch.float32 for m in depthwise)
+    assert all(dtype == torch.bfloat16 for m, dtype in seen.items() if m not in depthwise)
+    # the hooks end with the block, also when the forward fails: plain autocast then runs them in bf16 again
+    with pytest.raises(RuntimeError):
+        with torch_utils.cpu_bf16_autocast():
+            model(torch.rand(1, 4, 64, 64))  # 4 channels: the stem refuses
+    assert not torch.is_autocast_cpu_enabled()
+    seen = _conv_output_dtypes(model, x, torch.autocast("cpu", dtype=torch.bfloat16))
+    assert all(dtype == torch.bfloat16 for dtype in seen.values())
+
+
+def test_train_step_benchmark_prints_every_variant(capsys):
+    sys.path.insert(0, str(train.ROOT / "benchmarks"))
+    import train_step
+    text = train_step.run(cfg=("yolov5n_shuffle.yaml",), batch=2, imgsz=64, steps=1, threads=1)
+    row = [line for line in text.splitlines() if line.startswith("| yolov5n_shuffle |")]
+    assert len(row) == 1 and row[0].count("(") == len(train_step.VARIANTS)
+    assert "(1.00)" in row[0].split("|")[2]  # NCHW fp32 is the base
+    assert text in capsys.readouterr().out

@@ -115,6 +115,46 @@ def cpu_bf16_status() -> tuple:
     return True, f"this CPU has {' and '.join(native)}"
 
 
+def _set_cpu_autocast(enabled: bool) -> None:
+    try:
+        torch.set_autocast_enabled("cpu", enabled)
+    except TypeError:  # torch < 2.4 has a CPU-only setter
+        torch.set_autocast_cpu_enabled(enabled)
+
+
+def is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+def _depthwise_to_fp32(module, args):
+    if is_depthwise(module):
+        _set_cpu_autocast(False)
+        return tuple(a.float() if torch.is_tensor(a) else a for a in args)
+    return None
+
+
+def _depthwise_done(module, args, output):
+    if is_depthwise(module):
+        _set_cpu_autocast(True)
+
+
+@contextlib.contextmanager
+def cpu_bf16_autocast():
+    """CPU bf16 autocast in which depth-wise convs run in fp32. oneDNN's bf16 depth-wise kernels, the backward
+    above all, are slower than its fp32 ones (a yolov5n_shuffle training step, batch 16 at 320: 0.80x of fp32 with
+    them in bf16, 0.77x with them in fp32; benchmarks/train_step.py), while dense convs gain about 2x. Module hooks
+    that exist only inside this block turn autocast off around each depth-wise conv; nothing is stored on the model,
+    so checkpoints and the EMA are unaffected."""
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        pre = nn.modules.module.register_module_forward_pre_hook(_depthwise_to_fp32)
+        post = nn.modules.module.register_module_forward_hook(_depthwise_done)
+        try:
+            yield
+        finally:
+            pre.remove()
+            post.remove()
+
+
 def time_sync() -> float:
     """time.time() after waiting for queued CUDA work, so GPU timings are real."""
     if torch.cuda.is_available():
