@@ -116,6 +116,7 @@ def cpu_bf16_status() -> tuple:
 
 
 def _set_cpu_autocast(enabled: bool) -> None:
+    """Turn CPU autocast on or off in place (the enclosing torch.autocast block restores its state on exit)."""
     try:
         torch.set_autocast_enabled("cpu", enabled)
     except TypeError:  # torch < 2.4 has a CPU-only setter
@@ -123,10 +124,12 @@ def _set_cpu_autocast(enabled: bool) -> None:
 
 
 def is_depthwise(m: nn.Module) -> bool:
+    """A conv with one group per input channel (a depth-wise conv, with or without a channel multiplier)."""
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
 
 
 def _depthwise_to_fp32(module, args):
+    """Global forward pre-hook of cpu_bf16_autocast: autocast off and fp32 inputs for a depth-wise conv."""
     if is_depthwise(module):
         _set_cpu_autocast(False)
         return tuple(a.float() if torch.is_tensor(a) else a for a in args)
@@ -134,6 +137,7 @@ def _depthwise_to_fp32(module, args):
 
 
 def _depthwise_done(module, args, output):
+    """Global forward hook of cpu_bf16_autocast: autocast back on after a depth-wise conv."""
     if is_depthwise(module):
         _set_cpu_autocast(True)
 
