@@ -349,14 +349,15 @@ def train(hyp, opt, device):
     model, ckpt = build_model(opt, hyp, s.nc, device)
     if getattr(opt, "backbone_weights", "") and not opt.resume:  # a resumed run's checkpoint holds the backbone
         load_shufflenet_backbone(model, opt.backbone_weights)
-    # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), except in models with the seed's ShuffleNetV2
-    # units, whose channel split and shuffle make NHWC copies (see trains_channels_last in models/common.py). Only
-    # the memory layout changes, not the values, and checkpoints load anywhere as before.
-    s.channels_last = device.type == "cpu" and all(getattr(m, "trains_channels_last", True) for m in model.modules())
-    if s.channels_last:
-        set_conv_memory_format(model, torch.channels_last)
     s.amp = check_amp(model)
     s.bf16 = choose_cpu_bf16(getattr(opt, "bf16", "auto"), device)  # opt.yaml of older runs has no bf16
+    # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), except under bf16 in models with the seed's
+    # ShuffleNetV2 units, whose channel split and shuffle make NHWC copies (see bf16_channels_last in
+    # models/common.py). Only the memory layout changes, not the values, and checkpoints load anywhere as before.
+    s.channels_last = device.type == "cpu" and not (
+        s.bf16 and not all(getattr(m, "bf16_channels_last", True) for m in model.modules()))
+    if s.channels_last:
+        set_conv_memory_format(model, torch.channels_last)
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
     s.imgsz = check_img_size(opt.imgsz, s.gs, floor=s.gs * 2)

@@ -243,10 +243,11 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     """
 
     channel_rule = "conv"
-    # CPU training keeps a model holding these units NCHW (train.py): their chunk and channel shuffle copy NHWC
-    # tensors, so channels-last made yolov5n_shuffle's training step slower, not faster (benchmarks/train_step.py,
-    # batch 16 at 320, Xeon with AMX: fp32 309 vs 278 ms, bf16 266 vs 215 ms). A class attribute: not in checkpoints.
-    trains_channels_last = False
+    # CPU bf16 training keeps a model holding these units NCHW (train.py): their chunk and channel shuffle copy NHWC
+    # tensors, and under bf16 channels-last made the training step slower (benchmarks/train_step.py, batch 16 at 320,
+    # Xeon with AMX: yolov5n_shuffle 266 vs 215 ms, yolov5n_shufflenetv2_x1_0 562 vs 535 ms). In fp32 NHWC stays:
+    # x1_0 773 vs 901 ms NCHW (yolov5n_shuffle 309 vs 278). A class attribute: not in checkpoints.
+    bf16_channels_last = False
 
     def __init__(self, inp, oup, stride):
         super().__init__()

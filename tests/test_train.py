@@ -433,10 +433,13 @@ def test_cache_flag_modes():
         cache_modes("ramm")
 
 
-@pytest.mark.parametrize("cfg, nhwc", [("yolov5n_shuffle_cpu.yaml", True), ("yolov5n_shuffle.yaml", False)])
-def test_cpu_training_memory_format(cfg, nhwc, data, tmp_path, monkeypatch, skip_final_validation):
-    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout), except for
-    models with the seed's ShuffleNetV2 units, which train faster NCHW."""
+@pytest.mark.parametrize("cfg, bf16, nhwc", [("yolov5n_shuffle_cpu.yaml", True, True),
+                                             ("yolov5n_shuffle.yaml", False, True),
+                                             ("yolov5n_shuffle.yaml", True, False)])
+def test_cpu_training_memory_format(cfg, bf16, nhwc, data, tmp_path, monkeypatch, skip_final_validation):
+    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout), except under
+    bf16 for models with the seed's ShuffleNetV2 units, which train faster NCHW there."""
+    monkeypatch.setattr(train, "choose_cpu_bf16", lambda mode, device: bf16)  # bf16 is emulated where not native
     weights_cl, inputs_cl = [], []
     real = train.train_one_epoch
 
