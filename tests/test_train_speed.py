@@ -1,8 +1,6 @@
 """CPU training speed paths: bf16 autocast gives the plain fp32 loss within a measured tolerance, and switches
 itself off, with one line, where the CPU or torch cannot run it natively."""
 
-import sys
-
 import pytest
 import torch
 
@@ -118,10 +116,14 @@ def test_cpu_bf16_autocast_runs_depthwise_convs_in_fp32():
     assert all(dtype == torch.bfloat16 for dtype in seen.values())
 
 
-def test_train_step_benchmark_prints_every_variant(capsys):
-    sys.path.insert(0, str(train.ROOT / "benchmarks"))
+def test_train_step_benchmark_prints_every_variant(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(train.ROOT / "benchmarks"))
     import train_step
-    text = train_step.run(cfg=("yolov5n_shuffle.yaml",), batch=2, imgsz=64, steps=1, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        text = train_step.run(cfg=("yolov5n_shuffle.yaml",), batch=2, imgsz=64, steps=1, threads=1)
+    finally:
+        torch.set_num_threads(threads)  # run() sets the process-wide count
     row = [line for line in text.splitlines() if line.startswith("| yolov5n_shuffle |")]
     assert len(row) == 1 and row[0].count("(") == len(train_step.VARIANTS)
     assert "(1.00)" in row[0].split("|")[2]  # NCHW fp32 is the base
