@@ -354,8 +354,8 @@ def train(hyp, opt, device):
     # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), except under bf16 in models with the seed's
     # ShuffleNetV2 units, whose channel split and shuffle make NHWC copies (see bf16_channels_last in
     # models/common.py). Only the memory layout changes, not the values, and checkpoints load anywhere as before.
-    s.channels_last = device.type == "cpu" and not (
-        s.bf16 and not all(getattr(m, "bf16_channels_last", True) for m in model.modules()))
+    s.channels_last = device.type == "cpu" and (
+        not s.bf16 or all(getattr(m, "bf16_channels_last", True) for m in model.modules()))
     if s.channels_last:
         set_conv_memory_format(model, torch.channels_last)
     freeze_layers(model, opt.freeze)
