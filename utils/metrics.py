@@ -70,7 +70,8 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple:
     mpre = np.concatenate(([1.0], precision, [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
-    ap = np.trapezoid(np.interp(x, mrec, mpre), x)
+    y = np.interp(x, mrec, mpre)
+    ap = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))  # trapezoid rule (np.trapezoid is numpy >= 2 only)
     return ap, mpre, mrec
 
 
