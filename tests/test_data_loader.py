@@ -115,7 +115,7 @@ def test_val_item_shapes_and_labels(tmp_path):
     assert img.shape == (3, 64, 64) and img.dtype == torch.uint8
     assert labels.shape[1] == 6 and (labels[:, 2:] >= 0).all() and (labels[:, 2:] <= 1).all()
     (h0, w0), ((gh, gw), (pw, ph)) = shapes
-    assert (h0, w0) == (48, 80) and (gh, gw) == (39 / 48, 0.8) and (pw, ph) == (0.0, 12.5)  # 80x48 -> 64x39
+    assert (h0, w0) == (48, 80) and (gh, gw) == (38 / 48, 0.8) and (pw, ph) == (0.0, 13.0)  # 80x48 -> 64x38 (38.4)
 
 
 def test_rect_batch_shapes(tmp_path):
@@ -191,6 +191,18 @@ def test_unusual_images_load_as_three_channel(tmp_path):
         im, hw0, _ = ds.load_image(i)
         assert im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8
         assert hw0 == ((60, 40) if f.endswith("rot.jpg") else (40, 60)) == tuple(ds.shapes[i][::-1])
+
+
+def test_load_image_truncates_the_short_side(tmp_path):
+    """YOLOv5 v7.0 truncates the resized sides: 590 x 480 at 320 is 320 x 260 (480 * 320 / 590 = 260.3), and a
+    side whose product lands just above the target is not rounded up past it (525 * (320 / 525) = 320.00000000000006)."""
+    d = tmp_path / "images"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.full((480, 590, 3), 90, np.uint8))
+    cv2.imwrite(str(d / "b.png"), np.full((300, 525, 3), 90, np.uint8))
+    ds = LoadImagesAndLabels(str(d), img_size=320, augment=False)
+    got = {Path(f).name: ds.load_image(i)[2] for i, f in enumerate(ds.im_files)}
+    assert got == {"a.png": (260, 320), "b.png": (182, 320)}
 
 
 @pytest.mark.parametrize("mode", ["ram", "disk"])

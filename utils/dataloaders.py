@@ -214,7 +214,7 @@ class LoadImagesAndLabels(Dataset):
         r = self.img_size / max(h0, w0)
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+            im = cv2.resize(im, (int(w0 * r), int(h0 * r)), interpolation=interp)  # truncated, as YOLOv5 v7.0
         return im, (h0, w0), im.shape[:2]
 
     def _labels(self, i: int) -> np.ndarray:
