@@ -51,6 +51,18 @@ def test_good_anchors_are_kept():
     assert torch.equal(model.model[-1].anchors, before)
 
 
+def test_unseeded_check_draws_the_size_jitter_from_numpys_global_stream():
+    """As in YOLOv5, the unseeded check takes exactly one uniform(0.9, 1.1) draw per image from numpy's global
+    state, so the augmentations after it in train.py get the random numbers they get in YOLOv5 at that seed."""
+    ds = FakeDataset(ANCHORS_PX.reshape(-1, 2))
+    np.random.seed(5)
+    np.random.uniform(0.9, 1.1, size=(len(ds.labels), 1))
+    expected_next = np.random.uniform(-1, 1, 3)
+    np.random.seed(5)
+    check_anchors(ds, FakeModel(ANCHORS_PX), thr=4.0, imgsz=640)
+    assert np.array_equal(np.random.uniform(-1, 1, 3), expected_next)
+
+
 def test_bad_anchors_are_replaced_by_better_ones():
     ds = FakeDataset(ANCHORS_PX.reshape(-1, 2))
     tiny = np.full((3, 3, 2), 1.5, dtype=np.float32)
