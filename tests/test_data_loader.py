@@ -193,9 +193,9 @@ def test_unusual_images_load_as_three_channel(tmp_path):
         assert hw0 == ((60, 40) if f.endswith("rot.jpg") else (40, 60)) == tuple(ds.shapes[i][::-1])
 
 
-def test_load_image_truncates_the_short_side(tmp_path):
+def test_load_image_truncates_resized_sides(tmp_path):
     """YOLOv5 v7.0 truncates the resized sides: 590 x 480 at 320 is 320 x 260 (480 * 320 / 590 = 260.3), and a
-    side whose product lands just above the target is not rounded up past it (525 * (320 / 525) = 320.00000000000006)."""
+    long side whose product lands a hair above the target stays at it (525 * (320 / 525) = 320.00000000000006)."""
     d = tmp_path / "images"
     d.mkdir()
     cv2.imwrite(str(d / "a.png"), np.full((480, 590, 3), 90, np.uint8))
