@@ -82,3 +82,15 @@ def test_shapes_yaml_download_generates_locally(tmp_path, monkeypatch):
     data["download"] = data["download"].replace("n_train=360, n_val=80", "n_train=2, n_val=1")
     out = check_dataset(data, trust=True)  # our own yaml's script, passed as a dict
     assert len(list((tmp_path / "shapes" / "images" / "val").glob("*.jpg"))) == 1 and out["nc"] == len(CLASSES)
+
+
+def test_shapes_3k_extends_the_builtin_dataset(tmp_path):
+    """shapes-3k.yaml: same names, seed and val split as shapes.yaml, more training images; a larger n_train keeps
+    the smaller set's images byte for byte (each image has its own stream), so its val numbers compare directly."""
+    small, big = yaml_load(ROOT / "data" / "shapes.yaml"), yaml_load(ROOT / "data" / "shapes-3k.yaml")
+    assert big["names"] == small["names"] and big["val"] == small["val"] and big["path"] != small["path"]
+    assert "n_train=360, n_val=80, seed=0" in small["download"]
+    assert "n_train=3000, n_val=80, seed=0" in big["download"]
+    a = _files(generate_shapes_dataset(tmp_path / "a", n_train=2, n_val=1, seed=0, workers=1))
+    b = _files(generate_shapes_dataset(tmp_path / "b", n_train=3, n_val=1, seed=0, workers=1))
+    assert len(b) == len(a) + 2 and all(b[k] == v for k, v in a.items())
