@@ -58,10 +58,9 @@ def check_anchors(dataset, model: nn.Module, thr: float = 4.0, imgsz: int = 640,
     """Measure the best possible recall (BPR) of the model's anchors on the dataset labels; at or below 0.98
     evolve new anchors and adopt them only if their BPR is higher. Updates Detect.anchors (grid units) in place."""
     m = de_parallel(model).model[-1]  # Detect
-    n = len(dataset.labels)
     # jitter image sizes as augmentation would; unseeded, the draw comes from numpy's global state exactly as in
     # YOLOv5, so the augmentations that follow in train.py see the same random stream as YOLOv5's at the same seed
-    scale = (np.random if seed is None else _rng(seed)).uniform(0.9, 1.1, size=(n, 1))
+    scale = (np.random if seed is None else _rng(seed)).uniform(0.9, 1.1, size=(len(dataset.labels), 1))
     wh = torch.tensor(_label_wh(dataset, imgsz, scale)).float()
     if not len(wh):
         LOGGER.warning(f"{colorstr(PREFIX)}no labels in the dataset; keeping the current anchors")
