@@ -94,3 +94,22 @@ def test_shapes_3k_extends_the_builtin_dataset(tmp_path):
     a = _files(generate_shapes_dataset(tmp_path / "a", n_train=2, n_val=1, seed=0, workers=1))
     b = _files(generate_shapes_dataset(tmp_path / "b", n_train=3, n_val=1, seed=0, workers=1))
     assert len(b) == len(a) + 2 and all(b[k] == v for k, v in a.items())
+
+
+def test_train_sides_change_the_training_images_only(tiny, tmp_path):
+    """shapes-3k-large.yaml: larger training images, the same val images as the built-in dataset; a range the
+    generator cannot draw from is refused with the allowed values."""
+    large = yaml_load(ROOT / "data" / "shapes-3k-large.yaml")
+    assert large["names"] == yaml_load(ROOT / "data" / "shapes.yaml")["names"]
+    assert "n_train=3000, n_val=80, seed=0, train_sides=(480, 640)" in large["download"]
+    root = generate_shapes_dataset(tmp_path / "large", n_train=4, n_val=2, seed=3, workers=1, train_sides=(600, 640))
+    a, b = _files(tiny), _files(root)
+    assert a.keys() == b.keys()
+    assert all(b[k] == v for k, v in a.items() if k.parts[1] == "val")
+    for im in sorted((root / "images" / "train").glob("*.jpg")):
+        r = verify_image_label((str(im), str(root / "labels" / "train" / f"{im.stem}.txt"), ""))
+        assert r.corrupt == 0 and 600 <= min(r.shape) and max(r.shape) <= 640
+    for bad in ((640, 480), (20, 640)):
+        with pytest.raises(ValueError, match=r"train_sides .*MIN <= MAX, MIN at least 40 px"):
+            generate_shapes_dataset(tmp_path / "bad", n_train=1, n_val=1, train_sides=bad)
+    assert not (tmp_path / "bad").exists()

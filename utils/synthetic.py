@@ -243,9 +243,9 @@ def render_image(rng: np.random.Generator, w: int, h: int, debug: bool = False):
 # ---------------------------------------------------------------- writing the dataset
 def _write_one(job: tuple) -> None:
     """Render and write image i of a split (its own RNG stream, so any worker order gives the same bytes)."""
-    root, split, split_id, i, seed = job
+    root, split, split_id, i, seed, sides = job
     rng = np.random.default_rng([seed, split_id, i])
-    w, h = (int(v) for v in rng.integers(SIDES[0], SIDES[1] + 1, 2))
+    w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
     if rng.random() < 0.25:
         h = w
     img, labels = render_image(rng, w, h)
@@ -270,12 +270,19 @@ def _move_into(tmp: Path, root: Path, splits: tuple) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int = 0, workers: int = 0) -> Path:
+def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int = 0, workers: int = 0,
+                            train_sides: tuple = SIDES) -> Path:
     """Write the shapes dataset under `root` (images/{train,val}, labels/{train,val}); returns root.
+
+    `train_sides` is the (min, max) px range of the training images' width and height; the val split always uses
+    SIDES, so datasets that differ only in their training images share the same val images.
 
     The splits are built in a temporary sibling folder and moved into place at the end, so an interrupted run
     never leaves a half-written dataset behind.
     """
+    lo, hi = (int(v) for v in train_sides)
+    if not 4 * MIN_OBJECT <= lo <= hi:
+        raise ValueError(f"train_sides {tuple(train_sides)}: give MIN <= MAX, MIN at least {4 * MIN_OBJECT} px")
     root = Path(root).resolve()
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -283,7 +290,8 @@ def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int
     for split, _, _ in splits:
         (tmp / "images" / split).mkdir(parents=True)
         (tmp / "labels" / split).mkdir(parents=True)
-    jobs = [(tmp, split, sid, i, seed) for split, sid, n in splits for i in range(n)]
+    sides = {"train": (lo, hi), "val": SIDES}
+    jobs = [(tmp, split, sid, i, seed, sides[split]) for split, sid, n in splits for i in range(n)]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 16:
         with Pool(workers) as pool:
@@ -319,12 +327,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=360, help="number of training images")
     parser.add_argument("--val", type=int, default=80, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-sides", type=int, nargs=2, default=SIDES, metavar=("MIN", "MAX"),
+                        help="px range of the training images' width and height")
     parser.add_argument("--samples", action="store_true", help="rewrite the sample images in data/images instead")
     opt = parser.parse_args()
     if opt.samples:
         print("\n".join(map(str, write_sample_images())))
     else:
-        print(generate_shapes_dataset(opt.out, opt.train, opt.val, opt.seed))
+        print(generate_shapes_dataset(opt.out, opt.train, opt.val, opt.seed, train_sides=opt.train_sides))
 
 
 if __name__ == "__main__":
