@@ -21,11 +21,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import detect  # noqa: E402
+from utils.boxes import box_iou, xywhn2xyxy  # noqa: E402
 from utils.synthetic import CLASSES, render_image  # noqa: E402
 
 SAMPLES_SEED = 7  # write_sample_images' seed: data/images/shapes{i+1}.jpg is render_image(rng [7, 9, i])
@@ -53,20 +55,6 @@ def fresh_images(folder: Path, n: int, seed: int) -> list:
     return out
 
 
-def to_xyxy(rows: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Normalised [cls, x, y, w, h, ...] rows -> pixel [x1, y1, x2, y2]."""
-    xy, wh = rows[:, 1:3] * [w, h], rows[:, 3:5] * [w, h]
-    return np.concatenate((xy - wh / 2, xy + wh / 2), 1)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (n, 4) with every box in b (m, 4), both xyxy."""
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), 2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], 1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
-
-
 def score(truth: list, labels_dir: Path) -> dict:
     """Compare detect.py's label files with the ground truth -> counts, per size bin and confusions."""
     c = {"shapes": 0, "right": 0, "wrong": 0, "missed": 0, "nothing": 0, "bins": {b[2]: [0, 0, 0] for b in SIZE_BINS},
@@ -75,8 +63,8 @@ def score(truth: list, labels_dir: Path) -> dict:
         h, w = cv2.imread(str(file)).shape[:2]
         txt = labels_dir / f"{file.stem}.txt"
         det = np.loadtxt(txt, ndmin=2) if txt.exists() else np.zeros((0, 6))
-        gt_xyxy, det_xyxy = to_xyxy(gt, w, h), to_xyxy(det, w, h)
-        hit = iou_matrix(gt_xyxy, det_xyxy) > 0.5 if len(det) else np.zeros((len(gt), 0), bool)
+        gt_xyxy, det_xyxy = xywhn2xyxy(gt[:, 1:5], w, h), xywhn2xyxy(det[:, 1:5], w, h)
+        hit = (box_iou(torch.tensor(gt_xyxy), torch.tensor(det_xyxy)) > 0.5).numpy().reshape(len(gt), len(det))
         for g, row in enumerate(gt):
             side = (gt_xyxy[g, 2:] - gt_xyxy[g, :2]).max()
             b = c["bins"][next(name for lo, hi, name in SIZE_BINS if lo <= side < hi)]
