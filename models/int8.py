@@ -2,8 +2,9 @@
 
 Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
 (long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
-per-channel int8 weights, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect stay in float:
-see FLOAT_LAYERS. Results are written atomically next to the weights, with the fp32 exports' metadata.
+per-channel int8 weights, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect's box convs
+and decode stay in float: see FLOAT_LAYERS. Results are written atomically next to the weights, with the fp32
+exports' metadata.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the 
 # Layers kept in float (module indices of the model's top-level Sequential, as in the ONNX node names /model.<i>/):
 # - the stem (layer 0): a 3-channel conv on the full-resolution image is slower in int8 than in float on CPUs
 #   (ONNX Runtime's int8 kernels gain nothing at 3 input channels and the input must be quantized first);
-# - Detect (the last layer): its 1x1 convs produce the raw box and score logits and its decode multiplies box
-#   offsets by up to the stride and anchors; int8 there moves boxes by whole pixels and costs mAP50-95.
+# - Detect (the last layer), except its score convs: the box convs produce logits that the decode turns into
+#   pixels (offsets times up to the stride, sizes squared times the anchors); int8 there moves boxes by whole
+#   pixels and costs mAP50-95. The score convs (objectness and classes, na·(nc+1) of the na·(nc+5) channels, the
+#   largest 1x1 convs of small models at nc=80) and their sigmoids are int8: scores lose nothing measurable.
 FLOAT_LAYERS = ("first", "last")
 
 
@@ -76,6 +79,31 @@ def _float_prefixes(n_layers: int) -> tuple:
     return tuple(f"/model.{index[k]}/" for k in FLOAT_LAYERS)
 
 
+def _score_path(graph, n_layers: int) -> set:
+    """Names of the Detect nodes that compute scores only: its score convs and every later node whose activation
+    inputs all come from them (sigmoid, reshape). Detect._forward_export traces each level as a box conv, then a
+    score conv, so Detect's convs go box, score, box, score, ... Empty if they do not pair up (all of Detect float)."""
+    detect = _float_prefixes(n_layers)[-1]
+    nodes = [n for n in graph.node if n.name.startswith(detect)]
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    if not convs or len(convs) % 2:
+        return set()
+    names = {n.name for n in convs[1::2]}
+    scores = {n.output[0] for n in convs[1::2]}  # tensors computed from the score convs alone
+    inits = {t.name for t in graph.initializer}
+    for n in nodes:  # graph order is topological
+        acts = [t for t in n.input if t and t not in inits]
+        if n.name not in names and n.op_type != "Shape" and acts and all(t in scores for t in acts):
+            names.add(n.name)
+            scores.update(n.output)
+    return names
+
+
+def _in_float(name: str, prefixes: tuple, score_path: set) -> bool:
+    """Whether a node (ONNX name, or an OpenVINO op named after one: '<onnx name>/WithoutBiases') stays float."""
+    return name.startswith(prefixes) and name.split("/WithoutBiases")[0] not in score_path
+
+
 def _own_initializers(proto, onnx) -> None:
     """Give every Identity of an initializer its own copy. torch.onnx shares equal tensors (e.g. the all-zero conv
     biases of a freshly initialised model) through Identity nodes; the quantizer only quantizes a bias that is an
@@ -91,7 +119,8 @@ def _own_initializers(proto, onnx) -> None:
 
 def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out: Path) -> Path:
     """<stem>_int8.onnx from an fp32 ONNX file (opset >= 13): QDQ, per-channel int8 weights, uint8 activations,
-    MinMax ranges; FLOAT_LAYERS stay float. Metadata props are copied from the fp32 file."""
+    MinMax ranges averaged over the images (not their extremes: rare outliers would widen every step); the stem and
+    Detect's box path stay float (FLOAT_LAYERS). Metadata props are copied from the fp32 file."""
     from models.exporters import require
     onnx = require("onnx", "ONNX INT8", "pip install onnx")
     ortq = require("onnxruntime.quantization", "ONNX INT8", "pip install onnxruntime")
@@ -106,8 +135,8 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
 
     proto = onnx.load(str(onnx_file))
     _own_initializers(proto, onnx)
-    keep = _float_prefixes(n_layers)
-    exclude = [n.name for n in proto.graph.node if n.name.startswith(keep)]
+    keep, score_path = _float_prefixes(n_layers), _score_path(proto.graph, n_layers)
+    exclude = [n.name for n in proto.graph.node if _in_float(n.name, keep, score_path)]
     root = logging.getLogger()  # the quantizer warns on the root logger ("consider pre-processing": not needed here)
     level = root.level
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}_") as tmp:
@@ -117,7 +146,8 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
             root.setLevel(logging.ERROR)
             ortq.quantize_static(str(src), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
                                  activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
-                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax)
+                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax,
+                                 extra_options={"CalibMovingAverage": True})
         finally:
             root.setLevel(level)
         qproto = onnx.load(str(q))
@@ -135,9 +165,11 @@ def quantize_openvino(onnx_file: Path, calib: CalibrationImages, n_layers: int, 
     ov = require("openvino", "OpenVINO INT8", "pip install openvino")
     nncf = require("nncf", "OpenVINO INT8", "pip install nncf")
     nncf.set_log_level(logging.WARNING)  # one INFO line per skipped op otherwise
+    onnx = require("onnx", "OpenVINO INT8", "pip install onnx")
     ov_model = ov.convert_model(str(onnx_file))
-    keep = _float_prefixes(n_layers)
-    ignored = [op.get_friendly_name() for op in ov_model.get_ops() if op.get_friendly_name().startswith(keep)]
+    keep, score_path = _float_prefixes(n_layers), _score_path(onnx.load(str(onnx_file)).graph, n_layers)
+    names = [op.get_friendly_name() for op in ov_model.get_ops()]
+    ignored = [name for name in names if _in_float(name, keep, score_path)]
     q = nncf.quantize(ov_model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.MIXED, subset_size=len(calib),
                       ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     with atomic_dir(out) as tmp:

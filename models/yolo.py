@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 if __name__ == "__main__":  # run as a script: make `models` and `utils` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,20 +85,32 @@ class Detect(nn.Module):
     def _forward_export(self, x):
         """The graph export.py traces: forward()'s values, in an order exported runtimes run faster.
 
-        The sigmoid follows each conv directly (ONNX Runtime and OpenVINO fuse the two), the box channels are
-        decoded while each prediction is still a plane of (bs, na, no, ny, nx), and a single transpose per level
-        makes YOLOv5's (bs, na·ny·nx, no) rows. forward() transposes first, then applies the sigmoid and the split
-        to the transposed copy: two more passes over the largest tensor in the graph.
+        Each level's 1x1 conv runs as two convs over the same input (export_head_convs): one for the box channels
+        (x, y, w, h of every anchor), then one for the score channels (objectness and classes), the large part. Each
+        sigmoid follows its conv directly (runtimes fuse the two); the boxes are decoded while still (bs, na, 4, ny,
+        nx) planes, and a single transpose per level makes YOLOv5's (bs, na·ny·nx, no) rows. One conv for both parts
+        would need a split that copies the scores once more. INT8 exports quantize the score convs and keep the
+        box convs and the decode in float (models/int8.py): one 8-bit scale cannot resolve box logits finely enough.
         """
         z = []
         for i in range(self.nl):
-            y = self.m[i](x[i]).sigmoid()
-            bs, _, ny, nx = y.shape
-            xy, wh, conf = y.view(bs, self.na, self.no, ny, nx).split((2, 2, self.nc + 1), 2)
+            bs, _, ny, nx = x[i].shape
+            (wb, bb), (ws, bsc) = self.export_head_convs(i)
+            box = F.conv2d(x[i], wb, bb).sigmoid().view(bs, self.na, 4, ny, nx)
+            score = F.conv2d(x[i], ws, bsc).sigmoid().view(bs, self.na, self.nc + 1, ny, nx)
+            xy, wh = box.split((2, 2), 2)
             xy = (xy * 2 + self._cell_offsets(nx, ny, 0).view(1, 1, 2, ny, nx)) * self.stride[i]
             wh = (wh * 2) ** 2 * (self.anchors[i] * self.stride[i]).view(1, self.na, 2, 1, 1)
-            z.append(torch.cat((xy, wh, conf), 2).permute(0, 1, 3, 4, 2).reshape(bs, -1, self.no))
+            z.append(torch.cat((xy, wh, score), 2).permute(0, 1, 3, 4, 2).reshape(bs, -1, self.no))
         return torch.cat(z, 1)
+
+    def export_head_convs(self, i: int) -> tuple:
+        """((weight, bias) of the box rows, (weight, bias) of the score rows) of level i's conv, anchor-major."""
+        conv = self.m[i]
+        w = conv.weight.view(self.na, self.no, *conv.weight.shape[1:])
+        b = conv.bias.view(self.na, self.no)
+        return ((w[:, :4].reshape(self.na * 4, *w.shape[2:]), b[:, :4].reshape(-1)),
+                (w[:, 4:].reshape(self.na * (self.nc + 1), *w.shape[2:]), b[:, 4:].reshape(-1)))
 
     def _forward_infer(self, x):
         """Eval forward without autograd, same values as the general path with fewer copies of the predictions.

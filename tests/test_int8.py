@@ -29,10 +29,12 @@ IMGSZ = 128
 N_TRAIN = 8
 # int8 vs fp32 of the same runtime on the calibration images, over the rows the fp32 model is confident about
 # (objectness > 0.25): mean |error| of the xywh boxes in pixels and of the objectness/class scores. Measured with
-# the shipped model at 128 px on 8 generated images: ONNX Runtime 0.15 px / 0.003, OpenVINO 0.43 px / 0.013 (NNCF
-# corrects biases, ORT does not, so they land differently). The bounds leave ~3x margin. Int8 in Detect moves boxes
-# by pixels; a calibration on BGR or 0-255 inputs breaks the ranges entirely.
-TOL = {"onnx": (0.5, 0.01), "openvino": (1.5, 0.04)}
+# the shipped yolov5n_shuffle.pt at 128 px on these 8 generated images (275 rows): ONNX Runtime 0.22 px / 0.012,
+# OpenVINO 0.16 px / 0.009. (ONNX Runtime with the extremes over all images instead of their average and Detect all
+# float: 0.15 px / 0.005; the averaged ranges clip the rare extremes, which costs here, on the calibration images
+# themselves, and gains on unseen ones: see the README.) The bounds leave ~3x margin. Int8 box convs move boxes by
+# pixels; a calibration on BGR or 0-255 inputs breaks the ranges entirely.
+TOL = {"onnx": (0.7, 0.04), "openvino": (1.5, 0.04)}
 
 
 def _installed(*modules) -> bool:
@@ -115,6 +117,30 @@ def test_int8_files_load_with_fp32_metadata_and_stay_close(exports, data):
         assert 0 < float(err_box.mean()) < box_tol and float(err_score.mean()) < score_tol, (
             fmt, float(err_box.mean()), float(err_score.mean()))
     assert not [p for p in w.parent.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def _detect_convs_in_int8(exports) -> dict:
+    """{runtime: [is the conv int8, for each of Detect's convs in graph order]} of the int8 exports."""
+    w, files = exports
+    last = f"/model.{len(torch.load(w, map_location='cpu', weights_only=False)['model'].model) - 1}/"
+    import onnx
+    graph = onnx.load(str(files["tiny_int8.onnx"])).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    found = {"onnx": [made_by.get(n.input[1]) == "DequantizeLinear" for n in graph.node  # weights via Q/DQ
+                      if n.op_type == "Conv" and n.name.startswith(last)]}
+    if "tiny_int8_openvino_model" in files:
+        import openvino as ov
+        model = ov.Core().read_model(str(files["tiny_int8_openvino_model"] / "tiny.xml"))
+        found["openvino"] = [op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in
+                             model.get_ordered_ops() if op.get_type_name() == "Convolution" and
+                             op.get_friendly_name().startswith(last)]
+    return found
+
+
+def test_detect_score_convs_are_int8_and_box_convs_float(exports):
+    # Detect traces box conv, score conv per level: int8 boxes lose pixels, int8 scores lose nothing measurable
+    for runtime, int8 in _detect_convs_in_int8(exports).items():
+        assert int8 == [False, True] * 3, runtime
 
 
 def test_detect_val_and_hub_run_the_int8_files(exports, data, tmp_path):

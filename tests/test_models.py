@@ -145,6 +145,27 @@ def test_stem_max_pool_equals_torch(shape, channels_last):
     assert torch.equal(max_pool_3x3_s2(x), torch.nn.functional.max_pool2d(x, 3, 2, 1))
 
 
+@pytest.mark.parametrize("nc", [3, 80])
+def test_detect_export_graph_gives_the_eval_values(nc):
+    # the export graph splits each level's conv into box and score rows; nc=3: both parts have 4 channels per anchor
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n_shuffle.yaml", nc=nc).eval()
+    detect = model.model[-1]
+    for conv in detect.m:  # spread the logits so that boxes and scores take varied values
+        torch.nn.init.normal_(conv.weight, std=0.3)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)[0]
+        detect.export = True
+        out = model(x)[0]
+    assert out.shape == ref.shape == (2, 3 * (12 * 16 + 6 * 8 + 3 * 4), nc + 5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    (wb, bb), (ws, bs) = detect.export_head_convs(0)  # the rows, re-interleaved per anchor, are the conv's
+    w = torch.cat((wb.view(3, 4, -1), ws.view(3, nc + 1, -1)), 1).view_as(detect.m[0].weight)
+    assert torch.equal(w, detect.m[0].weight) and torch.equal(torch.cat((bb.view(3, 4), bs.view(3, -1)), 1).view(-1),
+                                                               detect.m[0].bias)
+
+
 def test_torchscript_trace_and_onnx_dynamic_batch(tmp_path):
     torch.manual_seed(0)
     model = DetectionModel("yolov5n_shuffle.yaml", nc=3).eval()
