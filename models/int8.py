@@ -29,8 +29,8 @@ DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the 
 # - Detect (the last layer), except its score convs: the box convs produce logits that the decode turns into
 #   pixels (offsets times up to the stride, sizes squared times the anchors); int8 there moves boxes by whole
 #   pixels and costs mAP50-95. The score convs (objectness and classes, na·(nc+1) of the na·(nc+5) channels, the
-#   largest 1x1 convs of small models at nc=80) and their sigmoids are int8: in the README's accuracy table that
-#   moved mAP50-95 by under 0.001.
+#   largest 1x1 convs of small models at nc=80), their sigmoids and the score rows up to the final concat with the
+#   boxes are int8: in the README's accuracy table that moved mAP50-95 by under 0.003.
 FLOAT_LAYERS = ("first", "last")
 
 
@@ -82,8 +82,9 @@ def _float_prefixes(n_layers: int) -> tuple:
 
 def _score_path(graph, n_layers: int) -> set:
     """Names of the Detect nodes that compute scores only: its score convs and every later node whose activation
-    inputs all come from them (sigmoid, reshape). Detect._forward_export traces each level as a box conv, then a
-    score conv, so Detect's convs go box, score, box, score, ... Empty if they do not pair up (all of Detect float)."""
+    inputs all come from them (sigmoids, the transposes and reshapes to rows, the concat of the levels).
+    Detect._forward_export traces each level as a box conv, then a score conv, so Detect's convs go box, score, box,
+    score, ... Empty if they do not pair up (all of Detect float)."""
     detect = _float_prefixes(n_layers)[-1]
     nodes = [n for n in graph.node if n.name.startswith(detect)]
     convs = [n for n in nodes if n.op_type == "Conv"]
@@ -91,9 +92,9 @@ def _score_path(graph, n_layers: int) -> set:
         return set()
     names = {n.name for n in convs[1::2]}
     scores = {n.output[0] for n in convs[1::2]}  # tensors computed from the score convs alone
-    inits = {t.name for t in graph.initializer}
+    consts = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     for n in nodes:  # graph order is topological
-        acts = [t for t in n.input if t and t not in inits]
+        acts = [t for t in n.input if t and t not in consts]  # shapes of reshapes etc. are constants
         if n.name not in names and n.op_type != "Shape" and acts and all(t in scores for t in acts):
             names.add(n.name)
             scores.update(n.output)
@@ -138,6 +139,10 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
     _own_initializers(proto, onnx)
     keep, score_path = _float_prefixes(n_layers), _score_path(proto.graph, n_layers)
     exclude = [n.name for n in proto.graph.node if _in_float(n.name, keep, score_path)]
+    # Everything after the score convs' sigmoids is a probability: all of it gets the range [0, 1] (scale 1/255),
+    # so that the concat of the levels copies bytes instead of requantizing each level to a common scale.
+    probabilities = {t: [{"rmin": np.float32(0), "rmax": np.float32(1)}] for n in proto.graph.node
+                     if n.name in score_path and n.op_type != "Conv" for t in n.output}
     root = logging.getLogger()  # the quantizer warns on the root logger ("consider pre-processing": not needed here)
     level = root.level
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}_") as tmp:
@@ -148,7 +153,8 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
             ortq.quantize_static(str(src), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
                                  activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
                                  nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax,
-                                 extra_options={"CalibMovingAverage": True})
+                                 extra_options={"CalibMovingAverage": True,
+                                                "TensorQuantOverrides": probabilities})
         finally:
             root.setLevel(level)
         qproto = onnx.load(str(q))

@@ -86,23 +86,26 @@ class Detect(nn.Module):
         """The graph export.py traces: forward()'s values, in an order exported runtimes run faster.
 
         Each level's 1x1 conv runs as two convs over the same input (export_head_convs): one for the box channels
-        (x, y, w, h of every anchor), then one for the score channels (objectness and classes), the large part. Each
-        sigmoid follows its conv directly (runtimes fuse the two); the boxes are decoded while still (bs, na, 4, ny,
-        nx) planes, and a single transpose per level makes YOLOv5's (bs, na·ny·nx, no) rows. One conv for both parts
-        would need a split that copies the scores once more. INT8 exports quantize the score convs and keep the
-        box convs and the decode in float (models/int8.py): one 8-bit scale cannot resolve box logits finely enough.
+        (x, y, w, h of every anchor), decoded while still (bs, na, 4, ny, nx) planes, and one for the score channels
+        (objectness and classes), the large part. The scores are put in YOLOv5's row order (level, anchor, y, x)
+        straight from channels-last, the layout CPU runtimes compute convs in, so the runtime's own transpose back
+        to channels-first cancels; the levels' boxes and scores are then joined once, by one concat. INT8 exports
+        quantize the score path up to that concat (models/int8.py), so the score rows are moved as bytes and turned
+        into floats once; the box convs and the decode stay float: one 8-bit scale cannot resolve box logits finely.
         """
-        z = []
+        boxes, scores = [], []
         for i in range(self.nl):
             bs, _, ny, nx = x[i].shape
             (wb, bb), (ws, bsc) = self.export_head_convs(i)
             box = F.conv2d(x[i], wb, bb).sigmoid().view(bs, self.na, 4, ny, nx)
-            score = F.conv2d(x[i], ws, bsc).sigmoid().view(bs, self.na, self.nc + 1, ny, nx)
             xy, wh = box.split((2, 2), 2)
             xy = (xy * 2 + self._cell_offsets(nx, ny, 0).view(1, 1, 2, ny, nx)) * self.stride[i]
             wh = (wh * 2) ** 2 * (self.anchors[i] * self.stride[i]).view(1, self.na, 2, 1, 1)
-            z.append(torch.cat((xy, wh, score), 2).permute(0, 1, 3, 4, 2).reshape(bs, -1, self.no))
-        return torch.cat(z, 1)
+            boxes.append(torch.cat((xy, wh), 2).permute(0, 1, 3, 4, 2).reshape(bs, -1, 4))
+            score = F.conv2d(x[i], ws, bsc).sigmoid().permute(0, 2, 3, 1)  # (bs, ny, nx, na·(nc+1))
+            score = score.reshape(bs, ny * nx, self.na, self.nc + 1).transpose(1, 2)
+            scores.append(score.reshape(bs, -1, self.nc + 1))
+        return torch.cat((torch.cat(boxes, 1), torch.cat(scores, 1)), 2)
 
     def export_head_convs(self, i: int) -> tuple:
         """((weight, bias) of the box rows, (weight, bias) of the score rows) of level i's conv, anchor-major."""

@@ -120,27 +120,48 @@ def test_int8_files_load_with_fp32_metadata_and_stay_close(exports, data):
 
 
 def _detect_convs_in_int8(exports) -> dict:
-    """{runtime: [is the conv int8, for each of Detect's convs in graph order]} of the int8 exports."""
+    """{runtime: sorted [(output channels, is the conv int8) for each of Detect's convs]} of the int8 exports."""
     w, files = exports
     last = f"/model.{len(torch.load(w, map_location='cpu', weights_only=False)['model'].model) - 1}/"
     import onnx
     graph = onnx.load(str(files["tiny_int8.onnx"])).graph
-    made_by = {o: n.op_type for n in graph.node for o in n.output}
-    found = {"onnx": [made_by.get(n.input[1]) == "DequantizeLinear" for n in graph.node  # weights via Q/DQ
-                      if n.op_type == "Conv" and n.name.startswith(last)]}
+    made_by = {o: n for n in graph.node for o in n.output}
+    dims = {t.name: t.dims[0] for t in graph.initializer if t.dims}
+    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith(last)]
+    int8 = [n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear" for n in convs]  # via Q/DQ
+    found = {"onnx": sorted((dims[made_by[n.input[1]].input[0] if q else n.input[1]], q) for n, q in zip(convs, int8))}
     if "tiny_int8_openvino_model" in files:
         import openvino as ov
         model = ov.Core().read_model(str(files["tiny_int8_openvino_model"] / "tiny.xml"))
-        found["openvino"] = [op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in
-                             model.get_ordered_ops() if op.get_type_name() == "Convolution" and
-                             op.get_friendly_name().startswith(last)]
+        found["openvino"] = sorted((op.get_output_partial_shape(0)[1].get_length(),
+                                    op.input_value(0).get_node().get_type_name() == "FakeQuantize")
+                                   for op in model.get_ordered_ops()
+                                   if op.get_type_name() == "Convolution" and op.get_friendly_name().startswith(last))
     return found
 
 
 def test_detect_score_convs_are_int8_and_box_convs_float(exports):
-    # Detect traces box conv, score conv per level: int8 boxes lose pixels, int8 scores lose nothing measurable
+    # Detect traces a box conv (na·4 = 12 channels) and a score conv (na·(nc+1) = 27) per level: int8 boxes lose
+    # pixels, int8 scores lose nothing measurable
     for runtime, int8 in _detect_convs_in_int8(exports).items():
-        assert int8 == [False, True] * 3, runtime
+        assert int8 == [(12, False)] * 3 + [(27, True)] * 3, runtime
+
+
+def test_onnx_score_rows_are_joined_as_bytes(exports):
+    # The levels' score rows meet in one concat inside the int8 part, all at the probability scale 1/255 (zero point
+    # 0): ONNX Runtime then copies bytes; with one calibrated scale per level it requantizes every level first.
+    import onnx
+    from onnx import numpy_helper
+    w, files = exports
+    graph = onnx.load(str(files["tiny_int8.onnx"])).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    joins = [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 3
+             and all(t in made_by and made_by[t].op_type == "DequantizeLinear" for t in n.input)]
+    assert len(joins) == 1, [n.name for n in joins]
+    for t in joins[0].input:
+        scale, zero = (init[i] for i in made_by[t].input[1:3])
+        assert float(scale) == pytest.approx(1 / 255) and int(zero) == 0, (t, scale, zero)
 
 
 def test_detect_val_and_hub_run_the_int8_files(exports, data, tmp_path):
