@@ -15,7 +15,8 @@ from models.yolo import Detect, DetectionModel
 CPU_CFGS = sorted(p.name for p in (ROOT / "models").glob("*_shuffle_cpu.yaml"))
 DW_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_dw.yaml")  # the depth-wise design that lost
 P3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_p3.yaml")  # a 1x1 before the P3 3x3
-STEM_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_convstem.yaml")  # s, conv for the pool
+# a second 3x3 s2 conv instead of the stem's max-pool, at n and s scale
+STEM_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5{s}_shuffle_cpu_convstem.yaml") for s in "ns"]
 
 
 def fused_copy(model):
@@ -92,7 +93,7 @@ def test_dwsep_conv_shapes_and_fuse():
     torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, STEM_EXPERIMENT])
+@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT] + STEM_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
