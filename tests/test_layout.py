@@ -43,7 +43,9 @@ def test_metrics_draw_nothing():
 SIDE_EFFECTS = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-import cv2, torch  # third-party packages may touch the environment themselves (cv2 extends LD_LIBRARY_PATH)
+# third-party packages may touch the environment themselves: cv2 extends LD_LIBRARY_PATH, and torchvision's import
+# of torch._dynamo sets TORCHINDUCTOR_CACHE_DIR (in a pytest run an earlier test has done it already)
+import cv2, torch, torchvision
 before = dict(os.environ)
 import train, val, detect, export, hubconf, benchmarks  # the entry points, as a library user imports them
 from utils import torch_utils
