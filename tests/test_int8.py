@@ -119,13 +119,18 @@ def test_int8_files_load_with_fp32_metadata_and_stay_close(exports, data):
     assert not [p for p in w.parent.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
+def _onnx_int8_graph(files) -> tuple:
+    """(graph, {tensor name: the node that makes it}) of the int8 ONNX export."""
+    import onnx
+    graph = onnx.load(str(files["tiny_int8.onnx"])).graph
+    return graph, {o: n for n in graph.node for o in n.output}
+
+
 def _detect_convs_in_int8(exports) -> dict:
     """{runtime: sorted [(output channels, is the conv int8) for each of Detect's convs]} of the int8 exports."""
     w, files = exports
     last = f"/model.{len(torch.load(w, map_location='cpu', weights_only=False)['model'].model) - 1}/"
-    import onnx
-    graph = onnx.load(str(files["tiny_int8.onnx"])).graph
-    made_by = {o: n for n in graph.node for o in n.output}
+    graph, made_by = _onnx_int8_graph(files)
     dims = {t.name: t.dims[0] for t in graph.initializer if t.dims}
     convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith(last)]
     int8 = [n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear" for n in convs]  # via Q/DQ
@@ -150,11 +155,8 @@ def test_detect_score_convs_are_int8_and_box_convs_float(exports):
 def test_onnx_score_rows_are_joined_as_bytes(exports):
     # The levels' score rows meet in one concat inside the int8 part, all at the probability scale 1/255 (zero point
     # 0): ONNX Runtime then copies bytes; with one calibrated scale per level it requantizes every level first.
-    import onnx
     from onnx import numpy_helper
-    w, files = exports
-    graph = onnx.load(str(files["tiny_int8.onnx"])).graph
-    made_by = {o: n for n in graph.node for o in n.output}
+    graph, made_by = _onnx_int8_graph(exports[1])
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     joins = [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 3
              and all(t in made_by and made_by[t].op_type == "DequantizeLinear" for t in n.input)]
