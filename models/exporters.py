@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from models.onnx_layout import for_blocked_layout
 from utils.files import atomic_write, yaml_save
 from utils.checks import import_optional
 from utils.logger import LOGGER
@@ -96,6 +97,9 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opset: int = 12,
                 simplify: bool = False) -> Path:
     """<stem>.onnx: input `images`, output `output0` (b, anchors, 5+nc), metadata props stride and names.
 
+    The traced graph gets models/onnx_layout.py's exact rewrites, which let ONNX Runtime keep its blocked CPU layout
+    (no effect on models without a channel shuffle or an odd-width conv, such as YOLOv5's own).
+
     Uses torch's TorchScript-based exporter (dynamo=False), which needs no onnxscript and keeps YOLOv5's node
     names. --dynamic makes batch/height/width (and batch/anchors of the output) symbolic; Detect then builds its
     grid from the input's shape inside the graph.
@@ -112,6 +116,8 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opset: int = 12,
     onnx.checker.check_model(proto)
     if simplify:
         proto = simplify_onnx(proto)
+    for_blocked_layout(proto)
+    onnx.checker.check_model(proto)
     meta = model_metadata(model, im)
     for k in ("stride", "names"):  # YOLOv5's keys, values as str(): '32', "{0: 'person', ...}"
         prop = proto.metadata_props.add()

@@ -1,0 +1,173 @@
+"""models/onnx_layout.py: the exported graph's rewrites keep every output, remove ONNX Runtime's plain-layout copies
+around the _shuffle_cpu models' stem and head concats, and leave graphs they cannot help (stock, seed) as they are."""
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import models.exporters as exporters  # noqa: E402
+from models.onnx_layout import for_blocked_layout, pad_conv_channels, split_concat_convs  # noqa: E402
+from models.yolo import DetectionModel  # noqa: E402
+
+TOL = {"atol": 2e-2, "rtol": 1e-3}  # as tests/test_export.py: ORT's kernels differ from PyTorch's in the last bits
+
+
+def run_onnx(proto, x: np.ndarray, optimized=None) -> list:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    if optimized:
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"images": x})
+
+
+def export_model(cfg: str, path, rewrite: bool, monkeypatch, size: int = 128):
+    """export_onnx of a fused, eval copy of `cfg` (nc=3); rewrite=False: the plain traced graph."""
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=3).eval()
+    model.names = {0: "a", 1: "b", 2: "c"}
+    model = model.fuse()
+    with monkeypatch.context() as m:
+        if not rewrite:
+            m.setattr(exporters, "for_blocked_layout", lambda proto: (0, 0))
+        f = exporters.export_onnx(model, torch.zeros(1, 3, size, size), path, opset=13)
+    return model, onnx.load(str(f))
+
+
+def reorders_into(optimized_file, op_types) -> list:
+    """ORT's plain-layout copies (ReorderOutput) whose reader is one of `op_types`, in its optimized graph."""
+    g = onnx.load(str(optimized_file)).graph
+    readers = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.op_type)
+    return [n.name for n in g.node if n.op_type == "ReorderOutput"
+            and any(r in op_types for r in readers.get(n.output[0], []))]
+
+
+def test_shuffle_cpu_export_is_rewritten_and_gives_the_same_outputs(tmp_path, monkeypatch):
+    model, proto = export_model("yolov5n_shuffle_cpu.yaml", tmp_path / "new.onnx", True, monkeypatch)
+    _, plain = export_model("yolov5n_shuffle_cpu.yaml", tmp_path / "plain.onnx", False, monkeypatch)
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    stem = next(n for n in proto.graph.node if n.op_type == "Conv" and n.input[0] == "images")
+    w = init[stem.input[1]]
+    assert w.shape[0] == 32 and not w[24:].any() and not init[stem.input[2]][24:].any()  # 24 filters + 8 zero ones
+    # the two head convs that read a channel shuffle (P4 and P3 nodes) are now one conv per input plus an Add
+    split = sorted(n.name for n in proto.graph.node if n.name.endswith("_sum1"))
+    assert split == ["/model.10/conv/Conv_sum1", "/model.13/conv/Conv_sum1"]
+    concats = [sum(n.op_type == "Concat" for n in p.graph.node) for p in (plain, proto)]
+    assert concats[0] - concats[1] == 2
+    x = torch.rand(1, 3, 128, 128)
+    with torch.inference_mode():
+        want = model(x)[0].numpy()
+    got, before = run_onnx(proto, x.numpy())[0], run_onnx(plain, x.numpy())[0]
+    np.testing.assert_allclose(got, want, **TOL)
+    np.testing.assert_allclose(got, before, atol=1e-3, rtol=1e-4)
+
+
+def test_rewrite_removes_ort_plain_layout_copies(tmp_path, monkeypatch):
+    """What the rewrite is for: in ORT's optimized graph no max-pool or concat reads a tensor copied back to NCHW."""
+    _, proto = export_model("yolov5n_shuffle_cpu.yaml", tmp_path / "new.onnx", True, monkeypatch, size=64)
+    _, plain = export_model("yolov5n_shuffle_cpu.yaml", tmp_path / "plain.onnx", False, monkeypatch, size=64)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    run_onnx(plain, x, tmp_path / "plain_opt.onnx")
+    run_onnx(proto, x, tmp_path / "new_opt.onnx")
+    if not any(n.op_type == "ReorderOutput" for n in onnx.load(str(tmp_path / "plain_opt.onnx")).graph.node):
+        pytest.skip("ONNX Runtime uses no blocked layout on this CPU")
+    assert len(reorders_into(tmp_path / "plain_opt.onnx", {"Concat"})) == 2  # the P4 and P3 head concats
+    assert reorders_into(tmp_path / "new_opt.onnx", {"MaxPool", "Concat"}) == []
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
+def test_stock_and_seed_graphs_stay_as_they_are(cfg, tmp_path, monkeypatch):
+    """yolov5n has no odd widths or shuffles; the seed's odd widths feed depth-wise convs and its shuffled
+    concats feed a C3 block's two convs: nothing to rewrite, and the file is the plain trace."""
+    _, plain = export_model(cfg, tmp_path / "plain.onnx", False, monkeypatch, size=64)
+    before = plain.SerializeToString()
+    assert for_blocked_layout(plain) == (0, 0) and plain.SerializeToString() == before
+
+
+def conv_node(name, x, w, b=None, group=1, pad=1):
+    return helper.make_node("Conv", [x, w] + ([b] if b else []), [name], name=name, group=group, pads=[pad] * 4,
+                            kernel_shape=[3, 3])
+
+
+def tiny_graph(nodes, inits: dict, outputs):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, "c", "h", "w"]) for o in outputs],
+                          [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def stem_graph(reader_group: int = 1, pool_is_output: bool = False):
+    """images -> Conv 4->24 -> MaxPool -> Relu -> Conv (24->16, or depth-wise 24->24)."""
+    rng = np.random.default_rng(0)
+    c2 = 16 if reader_group == 1 else 24
+    inits = {"w0": rng.normal(size=(24, 4, 3, 3)), "b0": rng.normal(size=24),
+             "w1": rng.normal(size=(c2, 24 // reader_group, 3, 3)), "b1": rng.normal(size=c2)}
+    nodes = [conv_node("c0", "images", "w0", "b0"),
+             helper.make_node("MaxPool", ["c0"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["p"], ["r"]), conv_node("out", "r", "w1", "b1", group=reader_group)]
+    return tiny_graph(nodes, inits, ["out"] + (["p"] if pool_is_output else []))
+
+
+def test_pad_conv_channels_on_a_small_graph():
+    x = np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32)
+    proto = stem_graph()
+    want = run_onnx(proto, x)[0]
+    assert pad_conv_channels(proto) == 1
+    onnx.checker.check_model(proto)
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    assert sorted(shapes.values()) == [(16,), (16, 32, 3, 3), (32,), (32, 4, 3, 3)]  # old weights dropped
+    np.testing.assert_allclose(run_onnx(proto, x)[0], want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{"reader_group": 24}, {"pool_is_output": True}])
+def test_pad_conv_channels_leaves_depthwise_readers_and_graph_outputs(kw):
+    proto = stem_graph(**kw)
+    before = proto.SerializeToString()
+    assert pad_conv_channels(proto) == 0 and proto.SerializeToString() == before
+
+
+def shuffle_concat_graph(readers: int = 1):
+    """images -> Conv 4->16 = a; images -> Reshape/Transpose/Reshape (a channel shuffle) = s;
+    Concat(a, s) -> `readers` Convs 20->8."""
+    rng = np.random.default_rng(2)
+    inits = {"wa": rng.normal(size=(16, 4, 3, 3)), "ba": rng.normal(size=16)}
+    nodes = [conv_node("a", "images", "wa", "ba"),
+             helper.make_node("Reshape", ["images", "shape5"], ["r5"]),
+             helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "shape4"], ["s"]),
+             helper.make_node("Concat", ["a", "s"], ["cat"], axis=1)]
+    outs = []
+    for k in range(readers):
+        inits[f"w{k}"], inits[f"b{k}"] = rng.normal(size=(8, 20, 3, 3)), rng.normal(size=8)
+        nodes.append(conv_node(f"out{k}", "cat", f"w{k}", f"b{k}"))
+        outs.append(f"out{k}")
+    proto = tiny_graph(nodes, inits, outs)
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array([1, 2, 2, 8, 8], np.int64), "shape5"),
+                                    numpy_helper.from_array(np.array([1, 4, 8, 8], np.int64), "shape4")])
+    return proto
+
+
+def test_split_concat_convs_on_a_small_graph():
+    x = np.random.default_rng(3).random((1, 4, 8, 8), dtype=np.float32)
+    proto = shuffle_concat_graph()
+    want = run_onnx(proto, x)[0]
+    assert split_concat_convs(proto) == 1
+    onnx.checker.check_model(proto)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Concat" not in ops and ops.count("Conv") == 3 and ops.count("Add") == 1
+    convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
+    assert len(convs["out0_in0"].input) == 3 and len(convs["out0_in1"].input) == 2  # the bias is added once
+    np.testing.assert_allclose(run_onnx(proto, x)[0], want, atol=1e-4, rtol=1e-5)
+
+
+def test_split_concat_convs_leaves_a_concat_with_two_readers():
+    proto = shuffle_concat_graph(readers=2)
+    before = proto.SerializeToString()
+    assert split_concat_convs(proto) == 0 and proto.SerializeToString() == before
