@@ -184,6 +184,19 @@ class Concat(nn.Module):
         return torch.cat(x, self.d)
 
 
+class Add(nn.Module):
+    """Element-wise sum of a list of same-shaped tensors (an FPN-style merge: half the channels of a Concat, so the
+    conv after it costs half as much). parse_model checks that the inputs have one width."""
+
+    channel_rule = "add"
+
+    def forward(self, x):
+        y = x[0]
+        for t in x[1:]:
+            y = y + t
+        return y
+
+
 class Conv_maxpool(nn.Module):
     """ShuffleNetV2 stem: 3x3 s2 conv (no bias) -> BN -> ReLU -> 3x3 s2 max-pool; output at stride 4.
 

@@ -13,7 +13,9 @@ AVX-512 (8 with AVX2). A tensor it cannot keep blocked is copied to plain NCHW a
 
 Measured on yolov5n_shuffle_cpu (AMD EPYC Zen 4, 2 threads, batch 1, one interleaved run): ONNX Runtime 0.87x ->
 0.77x yolov5n's latency at 640 and 0.82x -> 0.74x at 320 (README "Which model should I use?"). The outputs stay the
-same up to float rounding.
+same up to float rounding. Not done, because it measured slower: passing a shuffle output through a 1x1 identity conv
+so that its sum with a blocked tensor (models/experiments/yolov5n_shuffle_cpu_addp3.yaml's P3 node) runs blocked too
+(0.65x -> 0.68x yolov5n at 640).
 """
 
 from __future__ import annotations

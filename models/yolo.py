@@ -17,7 +17,7 @@ import torch.nn.functional as F
 if __name__ == "__main__":  # run as a script: make `models` and `utils` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.common import (C3, SPP, SPPF, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
+from models.common import (C3, SPP, SPPF, Add, Bottleneck, Concat, Conv, Conv_maxpool, DWConv, Focus,  # noqa: E402
                            DWSepConv, ShuffleNetV2_InvertedResidual, ShuffleUnit)
 from utils.autoanchor import check_anchor_order  # noqa: E402
 from utils.files import check_keys, check_yaml, yaml_load  # noqa: E402
@@ -26,7 +26,7 @@ from utils.torch_utils import (initialize_weights, model_info, scale_img, select
                                time_sync)
 
 # Module names a model yaml may use. Built explicitly (no eval); YOLOv5-Lite's spellings are accepted as aliases.
-MODULES = {c.__name__: c for c in (Conv, DWConv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Conv_maxpool,
+MODULES = {c.__name__: c for c in (Conv, DWConv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Add, Conv_maxpool,
                                    DWSepConv, ShuffleNetV2_InvertedResidual, ShuffleUnit)}
 MODULES.update({"Shuffle_Block": ShuffleNetV2_InvertedResidual, "conv_bn_relu_maxpool": Conv_maxpool,
                 "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.ConvTranspose2d": nn.ConvTranspose2d,
@@ -382,7 +382,10 @@ def parse_model(d: dict, ch: list):
             cls = _resolve_module(name, i, file)
             args = [_resolve_arg(a, nc, anchors) for a in args]
             n = n_ = max(round(n * gd), 1) if n > 1 else n
-            args, c2, n = _channel_args(cls, args, f, ch, n, gw, ch_mul, no, i)
+            try:
+                args, c2, n = _channel_args(cls, args, f, ch, n, gw, ch_mul, no, i)
+            except ValueError as e:
+                raise ValueError(f"{file}, layer {i} ({name}): {e}") from None
             try:
                 m_ = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
             except (TypeError, ValueError) as e:
@@ -456,6 +459,12 @@ def _channel_args(cls, args, f, ch, n, gw, ch_mul, no, i):
         return [ch[f]], ch[f], n
     if rule == "concat":
         return args, sum(ch[x] for x in f), n
+    if rule == "add":
+        widths = [ch[x] for x in _as_list(f)]
+        if len(widths) < 2 or len(set(widths)) != 1:
+            raise ValueError(f"Add sums two or more outputs of one width; `from` {f} gives widths {widths} "
+                             "(make the inputs equal with a 1x1 Conv, or use Concat)")
+        return args, widths[0], n
     if rule == "detect":
         args.append([ch[x] for x in f])
         if isinstance(args[1], int):  # anchors given as a count per level: placeholders for AutoAnchor

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, write_yaml
-from models.common import DWSepConv, ShuffleUnit, interleave_channels
+from models.common import Add, DWSepConv, ShuffleUnit, interleave_channels
 from models.yolo import Detect, DetectionModel
 
 CPU_CFGS = sorted(p.name for p in (ROOT / "models").glob("*_shuffle_cpu.yaml"))
@@ -17,6 +17,7 @@ DW_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_dw.yaml")
 P3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_p3.yaml")  # a 1x1 before the P3 3x3
 # a second 3x3 s2 conv instead of the stem's max-pool, at n and s scale
 STEM_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5{s}_shuffle_cpu_convstem.yaml") for s in "ns"]
+ADD_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_addp3.yaml")  # a sum at the P3 node
 
 
 def fused_copy(model):
@@ -79,6 +80,22 @@ def test_bad_row_names_file_and_layer(tmp_path):
         DetectionModel(write_yaml(tmp_path / "bad.yaml", d))
 
 
+def test_add_block_sums_equal_widths_and_names_unequal_ones(tmp_path):
+    a, b = torch.rand(2, 8, 5, 4), torch.rand(2, 8, 5, 4)
+    assert torch.equal(Add()([a, b]), a + b) and torch.equal(Add()([a, b, a]), a + b + a)
+    model = DetectionModel(ADD_EXPERIMENT, nc=2)
+    add = model.model[12]
+    assert isinstance(add, Add) and add.f == [-1, 2] and model.model[13].conv.in_channels == 64  # 128 with a Concat
+    d = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[10, 13, 16, 30, 33, 23]] * 3,
+         "backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "Conv", [32, 3, 2]], [[-1, 0], 1, "Add", []]],
+         "head": [[[0, 1, 1], 1, "Detect", ["nc", "anchors"]]]}
+    with pytest.raises(ValueError, match=r"bad\.yaml, layer 2 \(Add\): .*widths \[32, 16\].*1x1 Conv"):
+        DetectionModel(write_yaml(tmp_path / "bad.yaml", d))
+    d["backbone"][2] = [-1, 1, "Add", []]  # one input: nothing to add
+    with pytest.raises(ValueError, match=r"bad\.yaml, layer 2 \(Add\): Add sums two or more"):
+        DetectionModel(write_yaml(tmp_path / "bad.yaml", d))
+
+
 def test_dwsep_conv_shapes_and_fuse():
     torch.manual_seed(0)
     m = DWSepConv(8, 12, 5, 2)
@@ -93,7 +110,7 @@ def test_dwsep_conv_shapes_and_fuse():
     torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT] + STEM_EXPERIMENTS)
+@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT] + STEM_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -115,13 +132,14 @@ def test_config_builds_fuses_and_matches(cfg):
     assert not any(hasattr(m, "bn") for m in fused_copy(model).modules() if type(m).__name__ == "Conv")
 
 
-def test_n_config_exports_onnx_openvino_ncnn(tmp_path):
-    """export.py on the n-scale model: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
+@pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
+def test_n_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
+    """export.py on the n-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
     from detect_helpers import save_own
     from inference.backends import DetectMultiBackend
     torch.manual_seed(0)
-    model = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=3).eval()
+    model = DetectionModel(cfg, nc=3).eval()
     model.names = {0: "a", 1: "b", 2: "c"}
     w = save_own(model, tmp_path / "dw.pt")
     x = torch.rand(2, 3, 64, 64)
