@@ -116,15 +116,20 @@ def stem_graph(reader_group: int = 1, pool_is_output: bool = False):
     return tiny_graph(nodes, inits, ["out"] + (["p"] if pool_is_output else []))
 
 
-def test_pad_conv_channels_on_a_small_graph():
+def rewrite_once(proto, rewrite):
+    """Apply `rewrite` (it must change one place), check the graph, and check its output is the one before."""
     x = np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32)
-    proto = stem_graph()
     want = run_onnx(proto, x)[0]
-    assert pad_conv_channels(proto) == 1
+    assert rewrite(proto) == 1
     onnx.checker.check_model(proto)
+    np.testing.assert_allclose(run_onnx(proto, x)[0], want, atol=1e-4, rtol=1e-5)
+    return proto
+
+
+def test_pad_conv_channels_on_a_small_graph():
+    proto = rewrite_once(stem_graph(), pad_conv_channels)
     shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
     assert sorted(shapes.values()) == [(16,), (16, 32, 3, 3), (32,), (32, 4, 3, 3)]  # old weights dropped
-    np.testing.assert_allclose(run_onnx(proto, x)[0], want, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [{"reader_group": 24}, {"pool_is_output": True}])
@@ -156,16 +161,11 @@ def shuffle_concat_graph(readers: int = 1):
 
 
 def test_split_concat_convs_on_a_small_graph():
-    x = np.random.default_rng(3).random((1, 4, 8, 8), dtype=np.float32)
-    proto = shuffle_concat_graph()
-    want = run_onnx(proto, x)[0]
-    assert split_concat_convs(proto) == 1
-    onnx.checker.check_model(proto)
+    proto = rewrite_once(shuffle_concat_graph(), split_concat_convs)
     ops = [n.op_type for n in proto.graph.node]
     assert "Concat" not in ops and ops.count("Conv") == 3 and ops.count("Add") == 1
     convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
     assert len(convs["out0_in0"].input) == 3 and len(convs["out0_in1"].input) == 2  # the bias is added once
-    np.testing.assert_allclose(run_onnx(proto, x)[0], want, atol=1e-4, rtol=1e-5)
 
 
 def test_split_concat_convs_leaves_a_concat_with_two_readers():
