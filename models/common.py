@@ -191,10 +191,7 @@ class Add(nn.Module):
     channel_rule = "add"
 
     def forward(self, x):
-        y = x[0]
-        for t in x[1:]:
-            y = y + t
-        return y
+        return sum(x[1:], x[0])
 
 
 class Conv_maxpool(nn.Module):

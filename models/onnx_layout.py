@@ -77,6 +77,13 @@ def _plain_conv(g: _Graph, node) -> bool:
             and (len(node.input) < 3 or not node.input[2] or g.array(node.input[2]) is not None))
 
 
+def _zeros_after(a, n: int, axis: int):
+    """`a` with n zero slices appended along `axis` (same dtype)."""
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, n)
+    return np.pad(a, widths)
+
+
 def pad_conv_channels(proto, block: int = BLOCK) -> int:
     """Give every conv whose output channels are not a multiple of `block`, and whose output reaches only plain convs
     (directly or through MaxPool/Relu), zero filters up to the next multiple; -> number of convs padded."""
@@ -96,12 +103,10 @@ def pad_conv_channels(proto, block: int = BLOCK) -> int:
         if (not readers or t in g.graph_outputs or any(c in g.graph_outputs for n in chain for c in n.output)
                 or not all(_plain_conv(g, r) and r.input[0] == t for r in readers)):
             continue
-        conv.input[1] = g.add_initializer(conv.input[1], np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)]))
-        conv.input[2] = g.add_initializer(conv.input[2], np.concatenate([b, np.zeros(extra, b.dtype)]))
+        conv.input[1] = g.add_initializer(conv.input[1], _zeros_after(w, extra, axis=0))
+        conv.input[2] = g.add_initializer(conv.input[2], _zeros_after(b, extra, axis=0))
         for r in readers:
-            rw = g.array(r.input[1])
-            r.input[1] = g.add_initializer(r.input[1], np.concatenate(
-                [rw, np.zeros((rw.shape[0], extra, *rw.shape[2:]), rw.dtype)], axis=1))
+            r.input[1] = g.add_initializer(r.input[1], _zeros_after(g.array(r.input[1]), extra, axis=1))
         padded += 1
     g.drop_unused_initializers()
     return padded
