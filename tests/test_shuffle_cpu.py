@@ -18,6 +18,7 @@ P3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_p3.ya
 # a second 3x3 s2 conv instead of the stem's max-pool, at n and s scale
 STEM_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5{s}_shuffle_cpu_convstem.yaml") for s in "ns"]
 ADD_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_addp3.yaml")  # a sum at the P3 node
+PAN96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_pan96.yaml")  # the first s design
 
 
 def fused_copy(model):
@@ -110,7 +111,8 @@ def test_dwsep_conv_shapes_and_fuse():
     torch.testing.assert_close(m(x), y, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT] + STEM_EXPERIMENTS)
+@pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
+                         STEM_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -130,6 +132,17 @@ def test_config_builds_fuses_and_matches(cfg):
     assert got.shape == want.shape == (2, 3 * (12 * 16 + 6 * 8 + 3 * 4), 10)
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
     assert not any(hasattr(m, "bn") for m in fused_copy(model).modules() if type(m).__name__ == "Conv")
+
+
+def test_s_pan_widens_bottom_up_over_the_first_design():
+    """yolov5s_shuffle_cpu is the PAN-96 design with its bottom-up P4 and P5 nodes at 128 and 192 channels."""
+    new, old = DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5), DetectionModel(PAN96_EXPERIMENT, nc=5)
+    assert [c.in_channels for c in new.model[-1].m] == [96, 128, 192]
+    assert [c.in_channels for c in old.model[-1].m] == [96, 96, 96]
+    backbone = lambda m: {k: v.shape for k, v in m.state_dict().items() if int(k.split(".")[1]) < 7}
+    assert backbone(new) == backbone(old)
+    differ = sorted({int(k.split(".")[1]) for k, v in new.state_dict().items() if old.state_dict()[k].shape != v.shape})
+    assert differ == [16, 17, 19, 20]  # the two bottom-up convs at P4, the P5 node, and Detect reading them
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
