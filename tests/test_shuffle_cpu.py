@@ -139,9 +139,10 @@ def test_s_pan_widens_bottom_up_over_the_first_design():
     new, old = DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5), DetectionModel(PAN96_EXPERIMENT, nc=5)
     assert [c.in_channels for c in new.model[-1].m] == [96, 128, 192]
     assert [c.in_channels for c in old.model[-1].m] == [96, 96, 96]
-    backbone = lambda m: {k: v.shape for k, v in m.state_dict().items() if int(k.split(".")[1]) < 7}
-    assert backbone(new) == backbone(old)
-    differ = sorted({int(k.split(".")[1]) for k, v in new.state_dict().items() if old.state_dict()[k].shape != v.shape})
+    shapes = [{(int(k.split(".")[1]), k): v.shape for k, v in m.state_dict().items()} for m in (new, old)]
+    backbone = [{k: v for k, v in d.items() if k[0] < 7} for d in shapes]
+    assert backbone[0] == backbone[1]
+    differ = sorted({k[0] for k, v in shapes[0].items() if shapes[1][k] != v})
     assert differ == [16, 17, 19, 20]  # the two bottom-up convs at P4, the P5 node, and Detect reading them
 
 
