@@ -244,3 +244,147 @@ def test_no_data_calibrates_on_the_built_in_dataset_with_one_line(monkeypatch, d
         calib = CalibrationImages(None, (IMGSZ, IMGSZ), 2)
     assert len(calib) == 2
     assert sum("no --data given, calibrating on the built-in dataset" in m for m in log) == 1
+
+
+def test_onnx_concats_copy_bytes(exports):
+    # Int8 concats read and write one scale and zero point (the union of the calibrated ranges), so that ONNX
+    # Runtime's QLinearConcat copies bytes: the seed's ShuffleNet branch concats, C3's and Detect's scores. Not where
+    # a range from 0 (a ReLU the quantizer removed) would have to go below 0: the PAN joining the ReLU backbone
+    from onnx import numpy_helper
+    graph, made_by = _onnx_int8_graph(exports[1])
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    readers = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    shared, relu_joins = [], []
+    for n in graph.node:
+        if n.op_type != "Concat" or not all(t in made_by and made_by[t].op_type == "DequantizeLinear"
+                                            for t in n.input) or [r.op_type for r in readers[n.output[0]]] != \
+                ["QuantizeLinear"]:
+            continue
+        params = {(float(init[made_by[t].input[1]]), int(init[made_by[t].input[2]])) for t in n.input}
+        params.add((float(init[readers[n.output[0]][0].input[1]]), int(init[readers[n.output[0]][0].input[2]])))
+        (shared if len(params) == 1 else relu_joins).append(n.name)
+        if len(params) > 1:  # refused only because one side starts at 0 and another goes below it
+            assert min(z for _, z in params) == 0 < max(z for _, z in params), (n.name, params)
+    shuffles = [f"/model.{i}/Concat" for i in (1, 2, 3, 5, 6)] + [f"/model.4/model.4.{i}/Concat" for i in (0, 1)]
+    assert set(shuffles) <= set(shared) and len(shared) >= 12, (shared, relu_joins)
+
+
+def _run_onnx(model, feeds: dict, optimized: Path = None) -> list:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    if optimized:
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _qdq(helper, numpy_helper, name: str, scale: float, zero: int) -> tuple:
+    """Initializers and QuantizeLinear + DequantizeLinear nodes that take float `name` through uint8 and back."""
+    inits = [numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
+             numpy_helper.from_array(np.array(zero, np.uint8), f"{name}_z")]
+    nodes = [helper.make_node("QuantizeLinear", [name, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+             helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_dq"])]
+    return inits, nodes
+
+
+def test_shared_concat_ranges_keep_the_values_and_requantize_the_biases(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _share_concat_ranges
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-1, 1, (3, 4, 1, 1)).astype(np.float32)
+    w_scale = np.abs(w).reshape(3, -1).max(1) / 127
+    b = np.array([5.0, -10.0, 20.0], np.float32)
+    c_scale = np.float32(0.04)
+    inits, nodes = [], []
+    for name, s, z in (("x1", 0.04, 5), ("x2", 0.05, 10)):  # ranges [-0.2, 10] and [-0.5, 12.25]
+        i, n = _qdq(helper, numpy_helper, name, s, z)
+        inits += i
+        nodes += n
+    nodes.append(helper.make_node("Concat", ["x1_dq", "x2_dq"], ["c"], axis=1))
+    i, n = _qdq(helper, numpy_helper, "c", float(c_scale), 10)  # [-0.4, 9.8]
+    inits += i + [numpy_helper.from_array(np.round(w / w_scale[:, None, None, None]).astype(np.int8), "w_q"),
+                  numpy_helper.from_array(w_scale.astype(np.float32), "w_s"),
+                  numpy_helper.from_array(np.zeros(3, np.int8), "w_z"),
+                  numpy_helper.from_array(np.round(b / (c_scale * w_scale)).astype(np.int32), "bias_q"),
+                  numpy_helper.from_array((c_scale * w_scale).astype(np.float32), "bias_s"),
+                  numpy_helper.from_array(np.zeros(3, np.int32), "bias_z")]
+    nodes += n + [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
+                  helper.make_node("DequantizeLinear", ["bias_q", "bias_s", "bias_z"], ["bias"], axis=0),
+                  helper.make_node("Conv", ["c_dq", "w", "bias"], ["y"])]
+    i, n = _qdq(helper, numpy_helper, "y", 0.25, 128)  # quantized output: ONNX Runtime fuses a QLinearConv
+    value = lambda name, c: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, c, 4, 4])
+    graph = helper.make_graph(nodes + n, "concat", [value("x1", 2), value("x2", 2)], [value("y_dq", 3)], inits + i)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert _share_concat_ranges(model, numpy_helper, max_widening=1.2) == 0  # 12.75 / 10.2: too much wider
+    relu = onnx.ModelProto()
+    relu.CopyFrom(model)
+    next(t for t in relu.graph.initializer if t.name == "x1_z").CopyFrom(
+        numpy_helper.from_array(np.array(0, np.uint8), "x1_z"))  # x1 from 0: maybe a ReLU the quantizer removed
+    assert _share_concat_ranges(relu, numpy_helper) == 0
+    assert _share_concat_ranges(model, numpy_helper) == 2  # x1 and c move to x2's range [-0.5, 12.25]
+    s = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert {(float(s[f"{k}_s"]), int(s[f"{k}_z"])) for k in ("x1", "x2", "c")} == {(float(np.float32(0.05)), 10)}
+    # zero inputs: the output is the bias alone, to half an output step; the int32 bias of the QLinearConv is read
+    # at input scale x weight scale, so without its requantization it would come out 1.25x too large
+    zeros = {"x1": np.zeros((1, 2, 4, 4), np.float32), "x2": np.zeros((1, 2, 4, 4), np.float32)}
+    np.testing.assert_allclose(_run_onnx(model, zeros, tmp_path / "opt.onnx")[0][0, :, 0, 0], b, atol=0.125 + 1e-3)
+    assert "QLinearConv" in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    # inputs over the whole shared range (x2 beyond c's old one): as close to the float conv as the steps allow
+    feeds = {"x1": rng.uniform(-0.2, 10, (1, 2, 4, 4)).astype(np.float32),
+             "x2": rng.uniform(-0.5, 12, (1, 2, 4, 4)).astype(np.float32)}
+    exact = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], np.concatenate([feeds["x1"], feeds["x2"]], 1)) + b[:, None, None]
+    bound = 0.05 * np.abs(w).sum((1, 2, 3))[:, None, None] + 0.125 + 1e-3  # half a step per rounding
+    assert (np.abs(_run_onnx(model, feeds)[0][0] - exact) <= bound).all()
+
+
+def test_hard_sigmoid_runs_as_one_int8_requantization(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import HSIG_STEP, _hard_sigmoids_as_requantizations
+    inits, nodes = _qdq(helper, numpy_helper, "x", 10 / 255, 128)  # inputs from about -5 to 5
+    nodes.append(helper.make_node("HardSigmoid", ["x_dq"], ["h"], alpha=1 / 6, beta=0.5))
+    i, n = _qdq(helper, numpy_helper, "h", 1 / 255, 0)
+    nodes += n + [helper.make_node("Mul", ["x_dq", "h_dq"], ["y"])]  # Hardswish, as torch.onnx writes it
+    graph = helper.make_graph(nodes, "hsig", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 601])],
+                              [helper.make_tensor_value_info("h_dq", onnx.TensorProto.FLOAT, [1, 601]),
+                               helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 601])], inits + i)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert _hard_sigmoids_as_requantizations(model, numpy_helper, helper) == 1
+    assert "HardSigmoid" not in [n.op_type for n in model.graph.node]
+    assert not {"h_s", "h_z"} & {t.name for t in model.graph.initializer}  # the replaced pair is dropped
+    x = np.linspace(-6, 6, 601, dtype=np.float32)[None]
+    xq = (np.clip(np.round(x / np.float32(10 / 255)) + 128, 0, 255) - 128) * np.float32(10 / 255)  # what Q/DQ keeps
+    h, y = _run_onnx(model, {"x": x}, tmp_path / "opt.onnx")
+    want = np.clip(xq / 6 + 0.5, 0, 1)
+    inside = want < 1
+    assert np.abs(h - want)[inside].max() <= HSIG_STEP / 2 + 1e-6  # rounding only
+    assert (h[~inside] == np.float32(255 * HSIG_STEP)).all()  # the saturated byte reads 255/254
+    assert np.abs(y - xq * want).max() < 0.05
+    optimized = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "QLinearAdd" in optimized and "HardSigmoid" not in optimized, optimized  # one uint8 op in ONNX Runtime
+
+
+def test_hardswish_model_int8_has_no_float_hard_sigmoid_and_stays_close(data, tmp_path):
+    # The shipped default yolov5n_shuffle_cpu.pt uses Hardswish: in its int8 ONNX every HardSigmoid is an int8
+    # requantization, and the outputs stay as close to fp32 as the seed model's (TOL, measured on that one)
+    import onnx
+    w = tmp_path / "cpu.pt"
+    shutil.copy(ROOT / "yolov5n_shuffle_cpu.pt", w)
+    subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(w), "--img", str(IMGSZ), "--include",
+                    "onnx", "--int8", "--data", str(data), "--int8-images", str(N_TRAIN)], check=True,
+                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "cpu_int8.onnx")).graph.node]
+    fp32_ops = [n.op_type for n in onnx.load(str(tmp_path / "cpu.onnx")).graph.node]
+    assert "HardSigmoid" not in ops and fp32_ops.count("HardSigmoid") >= 20
+    x = _calibration_batch(data)
+    fp32, int8 = DetectMultiBackend(tmp_path / "cpu.onnx"), DetectMultiBackend(tmp_path / "cpu_int8.onnx")
+    y0 = torch.cat([fp32(xi[None])[0] for xi in x])
+    y1 = torch.cat([int8(xi[None])[0] for xi in x])
+    sure = y0[..., 4] > 0.25
+    assert sure.sum() > 50
+    err_box, err_score = (y1 - y0)[sure].abs().split((4, y0.shape[-1] - 4), 1)
+    # measured: 0.25 px / 0.010 over 276 rows
+    assert float(err_box.mean()) < TOL["onnx"][0] and float(err_score.mean()) < TOL["onnx"][1]
