@@ -64,16 +64,30 @@ def _weights(folder: Path) -> Path:
     return w
 
 
-@pytest.fixture(scope="module")
-def exports(data, tmp_path_factory):
-    """fp32 + int8 ONNX (and OpenVINO when nncf is installed) at 128 px, calibrated on the generated images."""
-    w = _weights(tmp_path_factory.mktemp("int8"))
-    fmts = ["onnx", "openvino"] if _installed("openvino", "nncf") else ["onnx"]
+def _export_int8(w: Path, data, fmts) -> None:
     # The CLI in a child process, as users run it. Quantizing in the test process itself left it crashing with
     # SIGSEGV at the next subprocess spawn, once earlier tests had run multi-worker DataLoaders.
     subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(w), "--img", str(IMGSZ), "--include",
                     *fmts, "--int8", "--data", str(data), "--int8-images", str(N_TRAIN)], check=True,
                    capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def hardswish_export(data, tmp_path_factory):
+    """fp32 + int8 ONNX at 128 px of the shipped default yolov5n_shuffle_cpu.pt (Hardswish activations)."""
+    w = tmp_path_factory.mktemp("int8_hardswish") / "cpu.pt"
+    shutil.copy(ROOT / "yolov5n_shuffle_cpu.pt", w)
+    _export_int8(w, data, ["onnx"])
+    return w.parent
+
+
+@pytest.fixture(scope="module")
+def exports(data, tmp_path_factory, hardswish_export):
+    """fp32 + int8 ONNX (and OpenVINO when nncf is installed) at 128 px, calibrated on the generated images.
+    Takes hardswish_export so that both exports' child processes start before any int8 model runs in this
+    process: after that, starting one crashed the test process (see conftest.py)."""
+    w = _weights(tmp_path_factory.mktemp("int8"))
+    _export_int8(w, data, ["onnx", "openvino"] if _installed("openvino", "nncf") else ["onnx"])
     return w, {f.name: f for f in w.parent.iterdir() if f.name != w.name}
 
 
@@ -367,20 +381,16 @@ def test_hard_sigmoid_runs_as_one_int8_requantization(tmp_path):
     assert "QLinearAdd" in optimized and "HardSigmoid" not in optimized, optimized  # one uint8 op in ONNX Runtime
 
 
-def test_hardswish_model_int8_has_no_float_hard_sigmoid_and_stays_close(data, tmp_path):
+def test_hardswish_model_int8_has_no_float_hard_sigmoid_and_stays_close(hardswish_export, data):
     # The shipped default yolov5n_shuffle_cpu.pt uses Hardswish: in its int8 ONNX every HardSigmoid is an int8
     # requantization, and the outputs stay as close to fp32 as the seed model's (TOL, measured on that one)
     import onnx
-    w = tmp_path / "cpu.pt"
-    shutil.copy(ROOT / "yolov5n_shuffle_cpu.pt", w)
-    subprocess.run([sys.executable, str(ROOT / "export.py"), "--weights", str(w), "--img", str(IMGSZ), "--include",
-                    "onnx", "--int8", "--data", str(data), "--int8-images", str(N_TRAIN)], check=True,
-                   capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "cpu_int8.onnx")).graph.node]
-    fp32_ops = [n.op_type for n in onnx.load(str(tmp_path / "cpu.onnx")).graph.node]
+    ops = [n.op_type for n in onnx.load(str(hardswish_export / "cpu_int8.onnx")).graph.node]
+    fp32_ops = [n.op_type for n in onnx.load(str(hardswish_export / "cpu.onnx")).graph.node]
     assert "HardSigmoid" not in ops and fp32_ops.count("HardSigmoid") >= 20
     x = _calibration_batch(data)
-    fp32, int8 = DetectMultiBackend(tmp_path / "cpu.onnx"), DetectMultiBackend(tmp_path / "cpu_int8.onnx")
+    fp32 = DetectMultiBackend(hardswish_export / "cpu.onnx")
+    int8 = DetectMultiBackend(hardswish_export / "cpu_int8.onnx")
     y0 = torch.cat([fp32(xi[None])[0] for xi in x])
     y1 = torch.cat([int8(xi[None])[0] for xi in x])
     sure = y0[..., 4] > 0.25
