@@ -220,8 +220,9 @@ def _hard_sigmoids_as_requantizations(proto, numpy_helper, helper) -> int:
     op: x + 0 (an Add with a zero constant, fused by ONNX Runtime into QLinearAdd) quantized at scale step/alpha and
     zero point beta/step saturates to bytes 0..255, and those bytes read at scale `step`, zero point 0 are the
     HardSigmoid: exact to rounding for alpha x + beta in [0, 1] (with step 1/254, bytes 0..254), and 255/254
-    instead of 1 above that. Only a HardSigmoid fed by a DequantizeLinear and read by one QuantizeLinear (uint8)
-    with beta a whole number of steps is rewritten. Returns how many were."""
+    instead of 1 above that. Only a HardSigmoid fed by a DequantizeLinear and read by one QuantizeLinear (uint8),
+    whose bytes only DequantizeLinear nodes read, with beta a whole number of steps, is rewritten. Returns how many
+    were."""
     init, producer, readers = _graph_index(proto)
     nodes = list(proto.graph.node)
     done, replaced = 0, set()
@@ -234,8 +235,9 @@ def _hard_sigmoids_as_requantizations(proto, numpy_helper, helper) -> int:
         zero_point = round(beta / HSIG_STEP)
         if dq is None or dq.op_type != "DequantizeLinear" or len(q) != 1 or q[0].op_type != "QuantizeLinear" or \
                 alpha <= 0 or abs(beta / HSIG_STEP - zero_point) > 1e-3 or not 0 <= zero_point <= 255 or \
-                q[0].input[2] not in init or numpy_helper.to_array(init[q[0].input[2]]).dtype != np.uint8:
-            continue
+                q[0].input[2] not in init or numpy_helper.to_array(init[q[0].input[2]]).dtype != np.uint8 or \
+                any(r.op_type != "DequantizeLinear" for r in readers.get(q[0].output[0], [])):
+            continue  # not the quantizer's DQ -> HardSigmoid -> Q -> DQ pattern: left as it is
         q = q[0]
         name = n.output[0]
         replaced.update(q.input[1:3])
@@ -247,9 +249,7 @@ def _hard_sigmoids_as_requantizations(proto, numpy_helper, helper) -> int:
                   f"{name}_zero_scale": np.array(1, np.float32)}
         proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
         q.input[1], q.input[2] = f"{name}_requant_scale", f"{name}_requant_zero_point"
-        for r in readers.get(q.output[0], []):  # the DequantizeLinear nodes (or ops) that read the bytes
-            if r.op_type != "DequantizeLinear":
-                raise ValueError(f"{r.name}: reads the quantized HardSigmoid output {q.output[0]} directly")
+        for r in readers.get(q.output[0], []):  # the DequantizeLinear nodes that read the bytes
             r.input[1], r.input[2] = f"{name}_read_scale", f"{name}_read_zero_point"
         zero = helper.make_node("DequantizeLinear", [f"{name}_zero_quantized", f"{name}_zero_scale",
                                                      f"{name}_read_zero_point"], [f"{name}_zero"],
