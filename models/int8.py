@@ -34,8 +34,6 @@ DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the 
 #   largest 1x1 convs of small models at nc=80), their sigmoids and the score rows up to the final concat with the
 #   boxes are int8: in the README's accuracy table that moved mAP50-95 by under 0.003.
 FLOAT_LAYERS = ("first", "last")
-SHARE_CONCAT_RANGES = True  # one range for each concat's inputs and output: see _share_concat_ranges
-HSIG_AS_REQUANTIZATION = True  # Hardswish's HardSigmoid in int8: see _hard_sigmoids_as_requantizations
 
 
 class CalibrationImages:
@@ -305,10 +303,8 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
         finally:
             root.setLevel(level)
         qproto = onnx.load(str(q))
-    if SHARE_CONCAT_RANGES:
-        _share_concat_ranges(qproto, onnx.numpy_helper)
-    if HSIG_AS_REQUANTIZATION:
-        _hard_sigmoids_as_requantizations(qproto, onnx.numpy_helper, onnx.helper)
+    _share_concat_ranges(qproto, onnx.numpy_helper)
+    _hard_sigmoids_as_requantizations(qproto, onnx.numpy_helper, onnx.helper)
     del qproto.metadata_props[:]
     for p in proto.metadata_props:
         qproto.metadata_props.add(key=p.key, value=p.value)

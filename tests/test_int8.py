@@ -264,13 +264,12 @@ def test_onnx_concats_copy_bytes(exports):
     # Int8 concats read and write one scale and zero point (the union of the calibrated ranges), so that ONNX
     # Runtime's QLinearConcat copies bytes: the seed's ShuffleNet branch concats, C3's and Detect's scores. Not where
     # a range from 0 (a ReLU the quantizer removed) would have to go below 0: the PAN joining the ReLU backbone
+    import onnx
     from onnx import numpy_helper
-    graph, made_by = _onnx_int8_graph(exports[1])
-    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    readers = {}
-    for n in graph.node:
-        for t in n.input:
-            readers.setdefault(t, []).append(n)
+    from models.int8 import _graph_index
+    proto = onnx.load(str(exports[1]["tiny_int8.onnx"]))
+    graph, (tensors, made_by, readers) = proto.graph, _graph_index(proto)
+    init = {k: numpy_helper.to_array(t) for k, t in tensors.items()}
     shared, relu_joins = [], []
     for n in graph.node:
         if n.op_type != "Concat" or not all(t in made_by and made_by[t].op_type == "DequantizeLinear"
