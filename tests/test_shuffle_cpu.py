@@ -19,6 +19,9 @@ P3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_p3.ya
 STEM_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5{s}_shuffle_cpu_convstem.yaml") for s in "ns"]
 ADD_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_addp3.yaml")  # a sum at the P3 node
 PAN96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_pan96.yaml")  # the first s design
+# a 48-channel PAN, and a 48-channel P3 node only
+NARROW_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_{s}.yaml")
+                      for s in ("pan48", "p3w48")]
 
 
 def fused_copy(model):
@@ -112,7 +115,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS)
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -144,6 +147,19 @@ def test_s_pan_widens_bottom_up_over_the_first_design():
     assert backbone[0] == backbone[1]
     differ = sorted({k[0] for k, v in shapes[0].items() if shapes[1][k] != v})
     assert differ == [16, 17, 19, 20]  # the two bottom-up convs at P4, the P5 node, and Detect reading them
+
+
+def test_narrow_pans_change_only_the_head_convs_and_detect():
+    """The pan48 experiment narrows every 3x3 conv of yolov5n_shuffle_cpu's PAN to 48 channels, p3w48 only the P3 node;
+    the backbone and layer 7 (P5 to 64 channels) are the same tensors."""
+    base = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=5)
+    pan, p3 = (DetectionModel(cfg, nc=5) for cfg in NARROW_EXPERIMENTS)
+    assert [c.in_channels for c in base.model[-1].m] == [64, 64, 64]
+    assert [c.in_channels for c in pan.model[-1].m] == [48, 48, 48] and pan.model[13].conv.in_channels == 48 + 64
+    assert [c.in_channels for c in p3.model[-1].m] == [48, 64, 64] and p3.model[14].conv.in_channels == 48
+    shapes = [{(int(k.split(".")[1]), k): v.shape for k, v in m.state_dict().items()} for m in (base, pan, p3)]
+    assert sorted({k[0] for k, v in shapes[0].items() if shapes[1][k] != v}) == [10, 13, 14, 16, 17, 19, 20]
+    assert sorted({k[0] for k, v in shapes[0].items() if shapes[2][k] != v}) == [13, 14, 20]
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
