@@ -380,6 +380,46 @@ def test_hard_sigmoid_runs_as_one_int8_requantization(tmp_path):
     assert "QLinearAdd" in optimized and "HardSigmoid" not in optimized, optimized  # one uint8 op in ONNX Runtime
 
 
+def test_upsamples_run_as_byte_copies(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _upsamples_as_byte_copies
+    inits, nodes = _qdq(helper, numpy_helper, "x", 0.05, 100)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes += [helper.make_node("Constant", [], ["up_scales"], value=scales),  # as torch.onnx writes them
+              helper.make_node("Resize", ["x_dq", "", "up_scales"], ["u"], mode="nearest",
+                               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+              helper.make_node("QuantizeLinear", ["u", "x_s", "x_z"], ["u_q"]),  # the quantizer reuses x's pair
+              helper.make_node("DequantizeLinear", ["u_q", "x_s", "x_z"], ["u_dq"]),
+              helper.make_node("Resize", ["x_dq", "", "scales"], ["v"], mode="nearest"),  # half-pixel: not rewritten
+              helper.make_node("QuantizeLinear", ["v", "x_s", "x_z"], ["v_q"]),
+              helper.make_node("DequantizeLinear", ["v_q", "x_s", "x_z"], ["v_dq"])]
+    shape = [1, 3, 5, 7]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [1, 3, 10, 14])
+                               for t in ("u_dq", "v_dq")], inits + [scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = {"x": np.random.default_rng(0).uniform(-5, 8, shape).astype(np.float32)}
+    want = _run_onnx(model, x)
+    assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 1
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Resize") == 1 and ops.count("QuantizeLinear") == 2 and "Constant" not in ops  # constant dropped
+    got = _run_onnx(model, x)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert np.array_equal(got[0], np.repeat(np.repeat(want[0][..., ::2, ::2], 2, 2), 2, 3))  # 2x nearest indeed
+    assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 0  # the half-pixel one stays as it is
+
+
+def test_seed_int8_upsamples_are_byte_copies(exports):
+    # The seed's two PAN upsamples: Resize in the fp32 export, concats of bytes in the int8 one
+    import onnx
+    w, files = exports
+    fp32 = [n.op_type for n in onnx.load(str(files["tiny.onnx"])).graph.node]
+    int8 = [n.op_type for n in onnx.load(str(files["tiny_int8.onnx"])).graph.node]
+    assert fp32.count("Resize") == 2 and "Resize" not in int8
+
+
 def test_hardswish_model_int8_has_no_float_hard_sigmoid_and_stays_close(hardswish_export, data):
     # The shipped default yolov5n_shuffle_cpu.pt uses Hardswish: in its int8 ONNX every HardSigmoid is an int8
     # requantization, and the outputs stay as close to fp32 as the seed model's (TOL, measured on that one)
