@@ -303,7 +303,7 @@ def _upsamples_as_byte_copies(proto, numpy_helper, helper) -> int:
         if any(v is None for v in params[0] + params[1]) or not all(
                 a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(*params)):
             continue  # the bytes after the Resize would be read at another scale: left as it is
-        x, name, scales_name = dq.input[0], r.name, r.input[2]
+        x, name, scales_name = dq.input[0], r.output[0], r.input[2]  # output names are unique, node names need not be
         consts = {f"{name}_nhwc_order": [0, 2, 3, 1], f"{name}_double_w": [1, 1, 2, 1],
                   f"{name}_double_hw": [1, 2, 2, 1]}
         proto.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
@@ -330,18 +330,17 @@ def _upsamples_as_byte_copies(proto, numpy_helper, helper) -> int:
         proto.graph.node.remove(q)
         for k, node in enumerate(new):
             proto.graph.node.insert(i + k, node)
-        dropped += [dq, scales_name]
+        dropped += [dq.output[0], scales_name]
         done += 1
     _, producer, readers = _graph_index(proto)
-    for item in dropped:  # a DequantizeLinear or a scales constant that nothing reads any more
-        if isinstance(item, str):
-            node = producer.get(item)
-            if not readers.get(item) and node is not None and node.op_type == "Constant":
-                proto.graph.node.remove(node)
-            elif not readers.get(item) and item in init:
-                proto.graph.initializer.remove(init[item])
-        elif not readers.get(item.output[0]) and item.output[0] not in {o.name for o in proto.graph.output}:
-            proto.graph.node.remove(item)
+    outputs = {o.name for o in proto.graph.output}
+    for t in dict.fromkeys(dropped):  # a DequantizeLinear's output or a scales constant that nothing reads any more
+        if readers.get(t) or t in outputs:
+            continue
+        if t in producer:
+            proto.graph.node.remove(producer[t])
+        elif t in init:
+            proto.graph.initializer.remove(init[t])
     return done
 
 

@@ -393,20 +393,24 @@ def test_upsamples_run_as_byte_copies(tmp_path):
               helper.make_node("DequantizeLinear", ["u_q", "x_s", "x_z"], ["u_dq"]),
               helper.make_node("Resize", ["x_dq", "", "scales"], ["v"], mode="nearest"),  # half-pixel: not rewritten
               helper.make_node("QuantizeLinear", ["v", "x_s", "x_z"], ["v_q"]),
-              helper.make_node("DequantizeLinear", ["v_q", "x_s", "x_z"], ["v_dq"])]
+              helper.make_node("DequantizeLinear", ["v_q", "x_s", "x_z"], ["v_dq"]),
+              helper.make_node("Resize", ["u_dq", "", "up_scales"], ["w"], mode="nearest",  # shares the constant
+                               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+              helper.make_node("QuantizeLinear", ["w", "x_s", "x_z"], ["w_q"]),
+              helper.make_node("DequantizeLinear", ["w_q", "x_s", "x_z"], ["w_dq"])]
     shape = [1, 3, 5, 7]
     graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [1, 3, 10, 14])
-                               for t in ("u_dq", "v_dq")], inits + [scales])
+                              [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [1, 3, 5 * k, 7 * k])
+                               for t, k in (("u_dq", 2), ("v_dq", 2), ("w_dq", 4))], inits + [scales])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = {"x": np.random.default_rng(0).uniform(-5, 8, shape).astype(np.float32)}
     want = _run_onnx(model, x)
-    assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 1
+    assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 2
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Resize") == 1 and ops.count("QuantizeLinear") == 2 and "Constant" not in ops  # constant dropped
     got = _run_onnx(model, x)
-    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert np.array_equal(got[0], np.repeat(np.repeat(want[0][..., ::2, ::2], 2, 2), 2, 3))  # 2x nearest indeed
     assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 0  # the half-pixel one stays as it is
 
