@@ -131,6 +131,30 @@ def _graph_index(proto) -> tuple:
             readers)
 
 
+def _splice(proto, old: list, new: list) -> None:
+    """Replace the nodes `old` by `new`, in order, where the first of `old` stood (keeps the graph sorted when
+    `new` only reads what `old` read)."""
+    i = list(proto.graph.node).index(old[0])
+    for node in old:
+        proto.graph.node.remove(node)
+    for k, node in enumerate(new):
+        proto.graph.node.insert(i + k, node)
+
+
+def _drop_unread(proto, names) -> None:
+    """Remove the initializers, and the nodes making the tensors, among `names` that no node and no graph output
+    reads any more (what a rewrite left behind)."""
+    init, producer, readers = _graph_index(proto)
+    outputs = {o.name for o in proto.graph.output}
+    for t in dict.fromkeys(names):
+        if readers.get(t) or t in outputs:
+            continue
+        if t in producer:
+            proto.graph.node.remove(producer[t])
+        elif t in init:
+            proto.graph.initializer.remove(init[t])
+
+
 def _share_concat_ranges(proto, numpy_helper, max_widening: float = 4.0) -> int:
     """Give the inputs and the output of a quantized Concat one quantization range, the union of theirs, and
     requantize the int32 biases of the convs that read a tensor whose scale changed. ONNX Runtime then fuses such a
@@ -253,14 +277,9 @@ def _hard_sigmoids_as_requantizations(proto, numpy_helper, helper) -> int:
                                                      f"{name}_read_zero_point"], [f"{name}_zero"],
                                 name=f"{n.name}_zero")
         add = helper.make_node("Add", [n.input[0], f"{name}_zero"], [name], name=f"{n.name}_as_requantization")
-        i = list(proto.graph.node).index(n)
-        proto.graph.node.remove(n)
-        proto.graph.node.insert(i, add)
-        proto.graph.node.insert(i, zero)
+        _splice(proto, [n], [zero, add])
         done += 1
-    used = {t for n in proto.graph.node for t in n.input}
-    for t in [t for t in proto.graph.initializer if t.name in replaced and t.name not in used]:
-        proto.graph.initializer.remove(t)  # the HardSigmoid output's own scale and zero point
+    _drop_unread(proto, replaced)  # the HardSigmoid output's own scale and zero point
     return done
 
 
@@ -325,22 +344,10 @@ def _upsamples_as_byte_copies(proto, numpy_helper, helper) -> int:
                                 name=f"{name}_hw_doubled"),
                helper.make_node("Transpose", [f"{name}_hw_doubled"], [q.output[0]], perm=[0, 3, 1, 2],
                                 name=f"{name}_to_nchw")]
-        i = list(proto.graph.node).index(r)
-        proto.graph.node.remove(r)
-        proto.graph.node.remove(q)
-        for k, node in enumerate(new):
-            proto.graph.node.insert(i + k, node)
+        _splice(proto, [r, q], new)
         dropped += [dq.output[0], scales_name]
         done += 1
-    _, producer, readers = _graph_index(proto)
-    outputs = {o.name for o in proto.graph.output}
-    for t in dict.fromkeys(dropped):  # a DequantizeLinear's output or a scales constant that nothing reads any more
-        if readers.get(t) or t in outputs:
-            continue
-        if t in producer:
-            proto.graph.node.remove(producer[t])
-        elif t in init:
-            proto.graph.initializer.remove(init[t])
+    _drop_unread(proto, dropped)  # each Resize's DequantizeLinear and scales, where nothing else reads them
     return done
 
 
