@@ -249,6 +249,10 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
 
     stride 2: out = shuffle(cat(branch1(x), branch2(x))), both branches halve the resolution.
     stride 1: x is split in halves x1, x2; out = shuffle(cat(x1, branch2(x2))), which needs inp == oup (even).
+    Both are computed as one interleaving copy (interleave_channels), in training too: the same values and
+    gradients as cat + channel_shuffle, which copied a channels-last tensor twice, the second time with a transpose
+    that trains slowly on NHWC (benchmarks/train_step.py, batch 16 at 320, fp32 NHWC step of yolov5n_shuffle on an
+    AVX2-only EPYC: 533 ms with cat + shuffle, 421 ms interleaved; NCHW 492 and 485 ms).
     The two depth-wise convs keep nn.Conv2d's default bias, as the seed writes them (torchvision's have none).
     """
 
@@ -256,7 +260,8 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     # CPU bf16 training keeps a model holding these units NCHW (train.py): their chunk and channel shuffle copy NHWC
     # tensors, and under bf16 channels-last made the training step slower (benchmarks/train_step.py, batch 16 at 320,
     # Xeon with AMX: yolov5n_shuffle 266 vs 215 ms, yolov5n_shufflenetv2_x1_0 562 vs 535 ms). In fp32 NHWC stays:
-    # x1_0 773 vs 901 ms NCHW (yolov5n_shuffle 309 vs 278). A class attribute: not in checkpoints.
+    # x1_0 773 vs 901 ms NCHW (yolov5n_shuffle 309 vs 278). These were measured with cat + shuffle (two copies), before
+    # the single interleave below, and have not been measured again on a bf16 CPU. A class attribute: not in checkpoints.
     bf16_channels_last = False
 
     def __init__(self, inp, oup, stride):
@@ -296,28 +301,20 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     def forward(self, x):
         if self.stride == 1:
             x1, x2 = x.chunk(2, dim=1)
-            out = torch.cat((x1, self.branch2(x2)), dim=1)
-        else:
-            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
-        return self.channel_shuffle(out, 2)
-
-    def forward_fuse(self, x):
-        """Inference: the same output, with the concatenation and the shuffle done as one interleaving copy."""
-        if self.stride == 1:
-            x1, x2 = x.chunk(2, dim=1)
             return interleave_channels(x1, self.branch2(x2))
         return interleave_channels(self.branch1(x), self.branch2(x))
 
+    forward_fuse = forward  # the same code runs on the folded branches; fused modules pickled earlier name this one
+
     @staticmethod
     def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-        """The seed calls the shuffle as a method; it is the module-level channel_shuffle."""
+        """The seed's shuffle method, kept for code that calls it; it is the module-level channel_shuffle."""
         return channel_shuffle(x, groups)
 
     def fuse(self) -> None:
         """Fold every BN into the conv before it; Sequential indices (and so state_dict keys) stay put."""
         _fuse_sequential(self.branch1)
         _fuse_sequential(self.branch2)
-        self.forward = self.forward_fuse
 
 
 def _fuse_sequential(seq: nn.Sequential) -> None:

@@ -94,17 +94,40 @@ def test_channel_shuffle_is_the_reshape_transpose_permutation():
 def test_stride1_block_passes_first_half_through():
     torch.manual_seed(0)
     block = ShuffleNetV2_InvertedResidual(16, 16, 1).eval()
-    captured = {}
-
-    def spy(out, groups):
-        captured["pre"] = out
-        return out
-
-    block.channel_shuffle = spy
     x = torch.randn(1, 16, 8, 8)
-    block(x)
-    assert torch.equal(captured["pre"][:, :8], x[:, :8])
-    assert not torch.allclose(captured["pre"][:, 8:], x[:, 8:])
+    y = block(x)
+    assert torch.equal(y[:, 0::2], x[:, :8])  # after the shuffle the untouched half sits on the even channels
+    assert not torch.allclose(y[:, 1::2], x[:, 8:])
+
+
+def _seed_forward(block, x):
+    """The seed's forward, written out: concatenate the branches, then channel_shuffle(., 2)."""
+    if block.stride == 1:
+        x1, x2 = x.chunk(2, dim=1)
+        return channel_shuffle(torch.cat((x1, block.branch2(x2)), 1), 2)
+    return channel_shuffle(torch.cat((block.branch1(x), block.branch2(x)), 1), 2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inp,oup,stride", [(16, 16, 1), (8, 24, 2)])
+def test_shuffle_block_trains_exactly_as_cat_then_shuffle(inp, oup, stride, channels_last):
+    """The single interleaving copy gives the seed's values and gradients bit for bit, in both memory layouts."""
+    torch.manual_seed(0)
+    block = ShuffleNetV2_InvertedResidual(inp, oup, stride).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    block.to(memory_format=fmt)
+    x = torch.randn(2, inp, 12, 10).to(memory_format=fmt)
+    g = torch.randn(2, oup, 12 // stride, 10 // stride)
+    results = []
+    for fn in (block, lambda t: _seed_forward(block, t)):
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad()
+        y = fn(xi)
+        y.backward(g)
+        results.append((y.detach(), xi.grad, [p.grad.clone() for p in block.parameters()]))
+    (y1, gx1, gp1), (y2, gx2, gp2) = results
+    assert torch.equal(y1, y2) and torch.equal(gx1, gx2) and all(torch.equal(a, b) for a, b in zip(gp1, gp2))
+    assert y1.is_contiguous(memory_format=fmt)  # the layout the next conv wants is kept
 
 
 def test_shuffle_block_structure_and_keys():
