@@ -251,8 +251,8 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     stride 1: x is split in halves x1, x2; out = shuffle(cat(x1, branch2(x2))), which needs inp == oup (even).
     Both are computed as one interleaving copy (interleave_channels), in training too: the same values and
     gradients as cat + channel_shuffle, which copied a channels-last tensor twice, the second time with a transpose
-    that trains slowly on NHWC (benchmarks/train_step.py, batch 16 at 320, fp32 NHWC step of yolov5n_shuffle on an
-    AVX2-only EPYC: 533 ms with cat + shuffle, 421 ms interleaved; NCHW 492 and 485 ms).
+    that trains slowly on NHWC (benchmarks/train_step.py, batch 16 at 320, fp32 step of yolov5n_shuffle on an
+    AVX2-only EPYC: NHWC 495 ms with cat + shuffle against 450 ms NCHW; interleaved, NHWC 393 against 437 ms NCHW).
     The two depth-wise convs keep nn.Conv2d's default bias, as the seed writes them (torchvision's have none).
     """
 
