@@ -46,6 +46,15 @@ def interleave_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack((a, b), 2).flatten(1, 2)
 
 
+def shuffle_unit_output(unit: nn.Module, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """A ShuffleNetV2 unit's output from its `branch1`/`branch2`, concat and channel shuffle as one interleave:
+    stride 1 keeps x's first channel half beside branch2(second half); stride 2 interleaves both branches of x."""
+    if stride == 1:
+        x1, x2 = x.chunk(2, dim=1)
+        return interleave_channels(x1, unit.branch2(x2))
+    return interleave_channels(unit.branch1(x), unit.branch2(x))
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     """Channels are the fastest-moving axis (a channels-last tensor, or a channel slice of one)."""
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
@@ -299,10 +308,7 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
         )
 
     def forward(self, x):
-        if self.stride == 1:
-            x1, x2 = x.chunk(2, dim=1)
-            return interleave_channels(x1, self.branch2(x2))
-        return interleave_channels(self.branch1(x), self.branch2(x))
+        return shuffle_unit_output(self, x, self.stride)
 
     forward_fuse = forward  # the same code runs on the folded branches; fused modules pickled earlier name this one
 
@@ -363,10 +369,7 @@ class ShuffleUnit(nn.Module):
             self.branch2 = nn.Sequential(Conv(c_in, c_, 1), Conv(c_, c_, k, s, g=c_, act=False), Conv(c_, c_, 1))
 
     def forward(self, x):
-        if self.s == 1:
-            x1, x2 = x.chunk(2, dim=1)
-            return interleave_channels(x1, self.branch2(x2))
-        return interleave_channels(self.branch1(x), self.branch2(x))
+        return shuffle_unit_output(self, x, self.s)
 
 
 class DWSepConv(nn.Module):
