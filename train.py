@@ -33,7 +33,8 @@ import val as validate  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model, set_conv_memory_format  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
-from models.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from models.checkpoint import (UntrustedCheckpointError, copy_checkpoint, load_checkpoint,  # noqa: E402
+                               save_checkpoint, strip_optimizer)
 from utils.checks import check_img_size  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.datasets_yaml import check_dataset  # noqa: E402
@@ -503,9 +504,9 @@ def end_epoch(s, epoch, model, ema, optimizer, opt, mloss, lr) -> bool:
                 "date": datetime.now().isoformat()}
         save_checkpoint(ckpt, s.last)
         if s.best_fitness == fi:  # ties count: YOLOv5 rewrites best.pt when fitness equals the best so far
-            save_checkpoint(ckpt, s.best)
+            copy_checkpoint(s.last, s.best)  # the same bytes, without pickling the same dict again
         if opt.save_period > 0 and epoch % opt.save_period == 0:
-            save_checkpoint(ckpt, s.w / f"epoch{epoch}.pt")
+            copy_checkpoint(s.last, s.w / f"epoch{epoch}.pt")
     return stop
 
 

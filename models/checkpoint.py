@@ -8,6 +8,7 @@ arbitrary code) needs --trust-weights or YOLOV5_TRUST_WEIGHTS=1.
 
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Union
@@ -165,18 +166,35 @@ def _torch_save(ckpt: dict, f) -> None:
         raise tracked.error from None
 
 
-def save_checkpoint(ckpt: dict, path: Union[str, Path]) -> None:
-    """torch.save to a temporary file, then rename: an interrupted or failed save never corrupts `path`.
-
-    Raises OSError naming the file and the cause (e.g. 'No space left on device') when it cannot be written.
-    """
+def _write_checkpoint(path: Union[str, Path], writer) -> None:
+    """atomic_write(path, writer); an OSError becomes one naming the file and the cause (e.g. 'No space left on
+    device')."""
     try:
-        atomic_write(path, lambda f: _torch_save(ckpt, f))
+        atomic_write(path, writer)
     except OSError as e:
         err = OSError(f"{path}: checkpoint not saved ({e.strerror or e}); free some disk space or choose another "
                       f"--project. The previous {Path(path).name}, if any, is unchanged")
         err.errno = e.errno
         raise err from None
+
+
+def save_checkpoint(ckpt: dict, path: Union[str, Path]) -> None:
+    """torch.save to a temporary file, then rename: an interrupted or failed save never corrupts `path`.
+
+    Raises OSError naming the file and the cause (e.g. 'No space left on device') when it cannot be written.
+    """
+    _write_checkpoint(path, lambda f: _torch_save(ckpt, f))
+
+
+def copy_checkpoint(src: Union[str, Path], dst: Union[str, Path]) -> None:
+    """Write the bytes of the checkpoint `src` to `dst`, atomically and with save_checkpoint's errors: what
+    save_checkpoint(ckpt, dst) would write after save_checkpoint(ckpt, src) (torch.save's output does not depend on
+    the file name), without pickling the models a second time (0.1-0.2 s for an n-scale model on a 2-core CPU)."""
+    def copy(f):
+        with open(src, "rb") as r:
+            shutil.copyfileobj(r, f, 1 << 20)
+
+    _write_checkpoint(dst, copy)
 
 
 def strip_optimizer(f: Union[str, Path] = "best.pt", s: str = "") -> None:

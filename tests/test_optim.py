@@ -99,6 +99,50 @@ def test_ema_decay_formula_and_bn_buffers():
     assert torch.equal(ema.ema[1].num_batches_tracked, start["1.num_batches_tracked"])  # integers are not
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSProp"])
+def test_optimizers_take_list_ops_with_the_same_bits(name):
+    """smart_optimizer asks for the list ('foreach') form of each update, which torch only picks by itself on CUDA:
+    after three steps the weights are bit for bit those of the per-tensor form."""
+    nets = [tiny_net(), tiny_net()]
+    opts = [smart_optimizer(net, name, lr=0.01, momentum=0.9, decay=5e-4) for net in nets]
+    assert all(g["foreach"] for g in opts[0].param_groups)
+    for g in opts[1].param_groups:
+        g["foreach"] = False
+    torch.manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        for net, opt in zip(nets, opts):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    pairs = list(zip(nets[0].parameters(), nets[1].parameters()))
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), tiny_net().parameters()))  # it moved
+
+
+def test_ema_update_is_the_per_tensor_formula_bit_for_bit():
+    """ModelEMA.update works on lists of tensors, 64 at a time; the result is what `v *= d; v += (1 - d) * m` per
+    tensor (YOLOv5's loop) gives, to the bit, also past the first chunk (30 BatchNorms: 120 float tensors)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.BatchNorm2d(3) for _ in range(30)])
+    ema = ModelEMA(net, updates=5)
+    expected = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    net.train()
+    net(torch.randn(4, 3, 5, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    ema.update(net)
+    d = ema_decay(6)
+    for k, v in net.state_dict().items():
+        if v.dtype.is_floating_point:
+            expected[k] *= d
+            expected[k] += (1 - d) * v
+    got = ema.ema.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert not torch.equal(got["29.running_var"], torch.ones(3))  # the last chunk was updated
+
+
 def test_ema_parallel_wrapper_update_attr_and_pickle():
     net = tiny_net()
     net.names, net.nc = {0: "a"}, 1

@@ -4,6 +4,7 @@ weight transfer, training flags and error paths. Every run: yolov5n_shuffle, 64 
 import io
 import math
 import os
+import resource
 import runpy
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from conftest import ROOT
 import train
 from detect_helpers import captured_log
 from models.yolo import DetectionModel
-from models.checkpoint import UntrustedCheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import UntrustedCheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
 from utils.logger import LOGGER
 from utils.loss import ComputeLoss
 from utils.recipe import Recipe, short_run_lr
@@ -193,6 +194,28 @@ def test_interrupted_save_keeps_previous_checkpoint(full_run, tmp_path, monkeypa
     assert f.read_bytes() == before
     assert sorted(p.name for p in f.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
     assert load_checkpoint(f)["epoch"] == 0
+
+
+def test_copied_checkpoint_is_what_a_second_save_writes(full_run, tmp_path):
+    """end_epoch writes best.pt and epochN.pt as copies of last.pt instead of pickling the same dict again: the copy
+    is byte for byte what a second save_checkpoint writes, and a failed copy (a 4 kB file-size limit: EFBIG) names
+    the file, keeps the previous one and leaves no temporary file."""
+    ckpt = load_checkpoint(full_run / "weights" / "epoch0.pt")
+    save_checkpoint(ckpt, tmp_path / "last.pt")
+    save_checkpoint(ckpt, tmp_path / "saved.pt")
+    copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "saved.pt").read_bytes()
+    assert (tmp_path / "best.pt").stat().st_mode == (tmp_path / "saved.pt").stat().st_mode
+    (tmp_path / "best.pt").write_bytes(b"the previous best.pt")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError, match=r"best\.pt: checkpoint not saved \(File too large\)"):
+            copy_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (tmp_path / "best.pt").read_bytes() == b"the previous best.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "saved.pt"]
 
 
 # ---------------------------------------------------------------- resume
