@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                                 # both models, --img 320, 3 epochs, batch 16
     python benchmarks/train_speed.py --cfg yolov5n_shuffle.yaml --img 320 --epochs 2 --workers 2
+    python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --malloc both
 
 Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
 epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
@@ -10,6 +11,11 @@ steps (unscale, clip, step, EMA) and validation+checkpoint time, the main proces
 process tree (main + dataloader workers, sampled every 2 s: one reading of a 2 GB process costs ~60 ms of kernel time,
 so sampling every 0.1 s slowed the training it measured by a third; PSS counts memory shared after fork once). The load
 average is printed because the numbers are only comparable on an otherwise idle machine.
+
+`--malloc keep` calls utils.torch_utils.keep_freed_memory() in the child before training (glibc keeps freed blocks
+for reuse, as detect.py and val.py do, instead of page-faulting on fresh memory every step); `--malloc both` runs
+each model without and then with it, to show whether train.py should (it does not: see the README's training
+speed section).
 """
 
 from __future__ import annotations
@@ -125,6 +131,10 @@ def child(opt) -> None:
     train.optimizer_step = optim(train.optimizer_step)
     train.build_loaders = loaders(train.build_loaders)
     train.end_epoch = timed(train.end_epoch, "end")
+    if opt.malloc == "keep":
+        from utils.torch_utils import keep_freed_memory
+        if not keep_freed_memory():
+            sys.exit("--malloc keep: this C library is not glibc, nothing to tune")
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
@@ -149,29 +159,31 @@ def median(x: list) -> float:
 def parent(opt) -> None:
     """Run one child per model and print a table."""
     rows = []
-    for cfg in opt.cfg:
+    modes = ["default", "keep"] if opt.malloc == "both" else [opt.malloc]
+    for cfg, mode in ((c, m) for c in opt.cfg for m in modes):
         load0 = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz),
                "--epochs", str(opt.epochs), "--batch-size", str(opt.batch_size), "--workers", str(opt.workers),
-               "--optimizer", opt.optimizer]
+               "--optimizer", opt.optimizer, "--malloc", mode]
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = next((x for x in p.stdout.splitlines() if x.startswith(MARK)), None)
         if p.returncode or line is None:
             sys.exit(f"{cfg}: benchmark run failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         r = json.loads(line[len(MARK):])
         r["load"] = (load0, os.getloadavg()[0])
+        r["label"] = Path(cfg).stem + (" (malloc keep)" if mode == "keep" else "")
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
           f"--optimizer {opt.optimizer} --data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
-    print(("%-22s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
+    print(("%-32s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
                                       "total s", "RSS MB", "tree PSS", "load avg"))
     for r in rows:
         later = slice(1, None) if len(r["train_s"]) > 1 else slice(None)
         tr, va = median(r["train_s"][later]), median(r["val_save_s"][later])
         ld, op = median(r["loader_s"][later]), median(r["optim_s"][later])
-        print(("%-22s" + "%11.1f" * 9 + "%11s") % (
-            Path(r["cfg"]).stem, r["train_s"][0] + r["val_save_s"][0], tr, ld, tr - ld - op, op, va, tr + va,
+        print(("%-32s" + "%11.1f" * 9 + "%11s") % (
+            r["label"], r["train_s"][0] + r["val_save_s"][0], tr, ld, tr - ld - op, op, va, tr + va,
             r["rss_main_mb"], r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
 
 
@@ -184,6 +196,8 @@ def parse_opt(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=8, help="dataloader workers (capped by the CPU count)")
     p.add_argument("--optimizer", default="auto", help="train.py --optimizer (the speed issue's recipe: AdamW)")
+    p.add_argument("--malloc", choices=("default", "keep", "both"), default="default",
+                   help="keep: glibc keeps freed memory for reuse (keep_freed_memory); both: each model without, then with")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
