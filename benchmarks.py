@@ -30,7 +30,7 @@ from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect, DetectionModel  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from models.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
-from models.int8 import DEFAULT_IMAGES, CalibrationImages  # noqa: E402
+from models.int8 import DEFAULT_IMAGES, REDUCE_RANGE, CalibrationImages  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
 from utils.torch_utils import cpu_description, keep_freed_memory, model_info  # noqa: E402
 
@@ -53,7 +53,7 @@ def row_labels(rows: list) -> list:
     return [f"{n} ({r['source']})" if names.count(n) > 1 else n for n, r in zip(names, rows)]
 
 
-def export_files(model, im: torch.Tensor, backends: list, folder: Path, calib) -> dict:
+def export_files(model, im: torch.Tensor, backends: list, folder: Path, calib, reduce_range: str = "auto") -> dict:
     """{backend: exported file} for one model, written to its own `folder`; missing packages cost one line."""
     ex = _export_copy(model)
     file = folder / "model.pt"
@@ -73,17 +73,18 @@ def export_files(model, im: torch.Tensor, backends: list, folder: Path, calib) -
     int8 = [b[:-5] for b in backends if b.endswith("_int8")]
     if int8:
         import export
-        for f in export.export_int8(ex, im, file, int8, calib, 13, False):
+        for f in export.export_int8(ex, im, file, int8, calib, 13, False, reduce_range):
             files[("onnx" if f.suffix == ".onnx" else "openvino") + "_int8"] = f
     return files
 
 
-def build_runners(model, im: torch.Tensor, backends: list, folder: Path, calib=None) -> tuple:
+def build_runners(model, im: torch.Tensor, backends: list, folder: Path, calib=None,
+                  reduce_range: str = "auto") -> tuple:
     """({backend: callable(im) -> pred}, {backend: file}) for one model. Missing packages are skipped."""
     fused = model.fuse() if hasattr(model, "fuse") else model
     runners = {"pytorch": lambda x, m=fused: m(x)[0]} if "pytorch" in backends else {}
     exported = [b for b in backends if b != "pytorch"]
-    files = export_files(fused, im, exported, folder, calib) if exported else {}
+    files = export_files(fused, im, exported, folder, calib, reduce_range) if exported else {}
     for b in exported:
         if b in files:
             try:
@@ -171,7 +172,8 @@ def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
     return "\n".join(out)
 
 
-def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bool, int8_images: int) -> tuple:
+def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bool, int8_images: int,
+            int8_reduce_range: str = "auto") -> tuple:
     """(rows, runners): one row dict per model, in --cfg then --weights order, and {(row index, backend): runner}.
     Each model exports into its own folder, so files that share a name (a/best.pt, b/best.pt) stay apart."""
     im = torch.zeros(1, 3, imgsz, imgsz)
@@ -182,7 +184,7 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
         config, model = load_unfused(src, trust)
         _, n_p, _, gflops = model_info(model, imgsz=imgsz)
         rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops or 0.0, "map": {}})
-        row_runners, files = build_runners(model, im, backends, tmp / str(i), calib)
+        row_runners, files = build_runners(model, im, backends, tmp / str(i), calib, int8_reduce_range)
         if data and src in weights:
             files["pytorch"] = src
             for b in backends:
@@ -194,7 +196,7 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
 
 
 def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tuple(BACKENDS), threads=0,
-        trust_weights=False, int8_images=DEFAULT_IMAGES) -> str:
+        trust_weights=False, int8_images=DEFAULT_IMAGES, int8_reduce_range="auto") -> str:
     """Benchmark every --cfg and --weights model on every backend; -> the markdown table (also printed)."""
     if threads:
         torch.set_num_threads(threads)
@@ -205,7 +207,8 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
                          else "give at least one --cfg or --weights")
     im = torch.zeros(1, 3, imgsz, imgsz)
     with tempfile.TemporaryDirectory() as tmp:
-        rows, runners = collect(cfg, weights, data, imgsz, backends, Path(tmp), trust_weights, int8_images)
+        rows, runners = collect(cfg, weights, data, imgsz, backends, Path(tmp), trust_weights, int8_images,
+                                int8_reduce_range)
         load0 = os.getloadavg()
         ms = time_all(runners, im, warmup, runs)
     ran = [b for b in backends if any(k[1] == b for k in ms)]
@@ -229,6 +232,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust-weights", action="store_true", help="allow legacy pickled checkpoints")
     parser.add_argument("--int8-images", type=int, default=DEFAULT_IMAGES,
                         help="calibration images for the int8 backends (from --data's train split)")
+    parser.add_argument("--int8-reduce-range", default="auto", choices=REDUCE_RANGE,
+                        help="onnx_int8: 7-bit weights, as export.py --int8-reduce-range")
     return parser.parse_args(argv)
 
 

@@ -29,7 +29,8 @@ from utils.checks import check_img_size  # noqa: E402
 from models.exporters import (MissingPackage, export_ncnn, export_onnx, export_openvino, export_torchscript,  # noqa: E402
                              model_metadata)
 from utils.files import ROOT as REPO_ROOT  # noqa: E402
-from models.int8 import DEFAULT_IMAGES, INT8_FORMATS, CalibrationImages, quantize_onnx, quantize_openvino  # noqa: E402
+from models.int8 import (DEFAULT_IMAGES, INT8_FORMATS, REDUCE_RANGE, CalibrationImages, quantize_onnx,  # noqa: E402
+                         quantize_openvino, weight_bits_to_try)
 from utils.logger import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -126,11 +127,13 @@ def export_one(prefix: str, fn, *args, **kwargs):
 def run(data=None, weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, device="cpu",
         include=("torchscript",), half=False, inplace=False, keras=False, optimize=False, int8=False, dynamic=False,
         simplify=False, opset=12, verbose=False, workspace=4, nms=False, agnostic_nms=False, topk_per_class=100,
-        topk_all=100, iou_thres=0.45, conf_thres=0.25, trust_weights=False, int8_images=DEFAULT_IMAGES) -> list:
+        topk_all=100, iou_thres=0.45, conf_thres=0.25, trust_weights=False, int8_images=DEFAULT_IMAGES,
+        int8_reduce_range="auto") -> list:
     """Export `weights` to each format in `include`; -> list of written paths (files or folders).
 
     int8: also write INT8 ONNX/OpenVINO models calibrated on `int8_images` images of `data`'s train split (None:
-    the built-in dataset)."""
+    the built-in dataset); int8_reduce_range: auto, on or off, the ONNX INT8 model's weights in 7 bits (see
+    models.int8.weight_bits_to_try)."""
     t = time.time()
     fmts = parse_include(include)
     device = select_device(device)
@@ -147,6 +150,8 @@ def run(data=None, weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, 
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
     calib = CalibrationImages(data, imgsz, int8_images, gs) if int8 else None  # refuses before anything is written
+    if int8:
+        weight_bits_to_try(int8_reduce_range)  # refuses an unknown choice before anything is written
     if half:
         im, model = im.half(), model.half()
     for _ in range(2):  # dry runs build Detect's grids and catch shape errors before any file is written
@@ -169,16 +174,17 @@ def run(data=None, weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, 
         set_dynamic(model, False)
         written.append(export_one("ncnn:", export_ncnn, model, im[:1], w, half))
     if calib:
-        written += export_int8(model, im, w, todo, calib, opset, dynamic)
+        written += export_int8(model, im, w, todo, calib, opset, dynamic, int8_reduce_range)
     written = [f for f in written if f]
     report(written, time.time() - t, w)
     return written
 
 
 def export_int8(model, im: torch.Tensor, w: Path, fmts: list, calib: CalibrationImages, opset: int,
-                dynamic: bool) -> list:
+                dynamic: bool, reduce_range: str = "auto") -> list:
     """<stem>_int8.onnx and/or <stem>_int8_openvino_model/, both quantized from one fp32 ONNX traced into a temporary
-    folder at opset >= 13 (per-channel QuantizeLinear/DequantizeLinear need 13; the fp32 .onnx keeps --opset)."""
+    folder at opset >= 13 (per-channel QuantizeLinear/DequantizeLinear need 13; the fp32 .onnx keeps --opset).
+    reduce_range: --int8-reduce-range, for the ONNX model (NNCF handles OpenVINO's kernels itself)."""
     out = []
     with tempfile.TemporaryDirectory(dir=w.parent, prefix=f".{w.stem}_int8_") as tmp:
         try:
@@ -188,7 +194,7 @@ def export_int8(model, im: torch.Tensor, w: Path, fmts: list, calib: Calibration
             return []
         if "onnx" in fmts:
             out.append(export_one("ONNX INT8:", quantize_onnx, src, calib, len(model.model),
-                                  w.parent / f"{w.stem}_int8.onnx"))
+                                  w.parent / f"{w.stem}_int8.onnx", reduce_range))
         if "openvino" in fmts:
             out.append(export_one("OpenVINO INT8:", quantize_openvino, src, calib, len(model.model),
                                   model_metadata(model, im), w.parent / f"{w.stem}_int8_openvino_model"))
@@ -221,6 +227,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true",
                         help="ONNX/OpenVINO: also write INT8 models calibrated on --data (<stem>_int8.onnx, ...)")
     parser.add_argument("--int8-images", type=int, default=DEFAULT_IMAGES, help="--int8: calibration images (max)")
+    parser.add_argument("--int8-reduce-range", default="auto", choices=REDUCE_RANGE,
+                        help="--int8 ONNX: 7-bit weights (auto: on a CPU with AVX2 but no VNNI, where 8-bit ones can "
+                             "saturate ONNX Runtime's int8 sums, tries both and keeps the closer to fp32; else off)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--simplify", action="store_true", help="ONNX: simplify model (onnxslim or onnxsim)")
     parser.add_argument("--opset", type=int, default=12, help="ONNX: opset version")

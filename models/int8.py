@@ -2,7 +2,7 @@
 
 Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
 (long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
-per-channel int8 weights, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect's box convs
+per-channel int8 weights, 7-bit where --int8-reduce-range says so, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect's box convs
 and decode stay in float: see FLOAT_LAYERS. Three rewrites of the quantized ONNX graph then save ONNX Runtime
 work: concats whose inputs share one range (_share_concat_ranges), HardSigmoid as an int8 requantization
 (_hard_sigmoids_as_requantizations) and 2x nearest upsamples as byte copies (_upsamples_as_byte_copies). Results are
@@ -34,6 +34,28 @@ DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the 
 #   largest 1x1 convs of small models at nc=80), their sigmoids and the score rows up to the final concat with the
 #   boxes are int8: in the README's accuracy table that moved mAP50-95 by under 0.003.
 FLOAT_LAYERS = ("first", "last")
+REDUCE_RANGE = ("auto", "on", "off")  # --int8-reduce-range: 7-bit ONNX weights on CPUs without int8 dot products
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of x86 int8 dot-product instructions
+COMPARE_IMAGES = 32  # calibration images on which auto compares 8- and 7-bit weights against fp32
+
+
+def weight_bits_to_try(choice: str, flags=None) -> tuple:
+    """--int8-reduce-range -> the widths of the ONNX INT8 model's weights to quantize with: (8,), (7,) or (8, 7).
+
+    Without VNNI, ONNX Runtime's x86 uint8 x int8 convolution adds pairs of byte products in 16 bits (vpmaddubsw),
+    which saturate where activations and weights are both near their extremes (2 x 255 x 127 > 32,767); with 7-bit
+    weights (onnxruntime's reduce_range) no pair can, but every weight loses a bit. Which costs more depends on the
+    model (README), so 'auto' quantizes both ways where export runs on an x86 CPU with AVX2 and none of
+    INT8_DOT_FLAGS and keeps the one closer to fp32 (quantize_onnx); elsewhere (VNNI or AMX, ARM, flags unknown) 8
+    bits. 'on' / 'off': 7 / 8 bits anywhere. `flags`: the CPU's /proc/cpuinfo flags (default: this CPU's)."""
+    if choice not in REDUCE_RANGE:
+        raise ValueError(f"--int8-reduce-range {choice}: use one of {', '.join(REDUCE_RANGE)}")
+    if choice != "auto":
+        return (7,) if choice == "on" else (8,)
+    if flags is None:
+        from utils.torch_utils import cpu_flags
+        flags = cpu_flags()
+    return (8, 7) if "avx2" in flags and not any(f in flags for f in INT8_DOT_FLAGS) else (8,)
 
 
 class CalibrationImages:
@@ -71,9 +93,15 @@ class CalibrationImages:
         return len(self.indices)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for i in self.indices:
-            im = letterbox(self.dataset.load_image(i)[0], (self.h, self.w), auto=False, scaleup=False)[0]
-            yield np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])[None].astype(np.float32) / 255
+        return map(self._prepare, self.indices)
+
+    def sample(self, n: int) -> list:
+        """Up to n of the images, spread over the set."""
+        return [self._prepare(i) for i in self.indices[::max(1, len(self.indices) // n)][:n]]
+
+    def _prepare(self, i: int) -> np.ndarray:
+        im = letterbox(self.dataset.load_image(i)[0], (self.h, self.w), auto=False, scaleup=False)[0]
+        return np.ascontiguousarray(im.transpose(2, 0, 1)[::-1])[None].astype(np.float32) / 255
 
 
 def _float_prefixes(n_layers: int) -> tuple:
@@ -351,22 +379,17 @@ def _upsamples_as_byte_copies(proto, numpy_helper, helper) -> int:
     return done
 
 
-def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out: Path) -> Path:
-    """<stem>_int8.onnx from an fp32 ONNX file (opset >= 13): QDQ, per-channel int8 weights, uint8 activations,
-    MinMax ranges averaged over the images (not their extremes: rare outliers would widen every step); the stem and
-    Detect's box path stay float (FLOAT_LAYERS). Metadata props are copied from the fp32 file."""
+def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out: Path,
+                  reduce_range: str = "auto") -> Path:
+    """<stem>_int8.onnx from an fp32 ONNX file (opset >= 13): QDQ, per-channel int8 weights (8 or 7 bits:
+    `reduce_range` is --int8-reduce-range, see weight_bits_to_try), uint8 activations, MinMax ranges averaged over
+    the images (not their extremes: rare outliers would widen every step); the stem and Detect's box path stay float
+    (FLOAT_LAYERS). Where both widths are tried, the one whose boxes are closer to fp32's is written
+    (_box_errors). Metadata props are copied from the fp32 file."""
     from models.exporters import require
     onnx = require("onnx", "ONNX INT8", "pip install onnx")
     ortq = require("onnxruntime.quantization", "ONNX INT8", "pip install onnxruntime")
-
-    class Reader(ortq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"images": x}
-
+    bits = weight_bits_to_try(reduce_range)
     proto = onnx.load(str(onnx_file))
     _own_initializers(proto, onnx)
     keep, score_path = _float_prefixes(n_layers), _score_path(proto.graph, n_layers)
@@ -375,6 +398,37 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
     # so that the concat of the levels copies bytes instead of requantizing each level to a common scale.
     probabilities = {t: [{"rmin": np.float32(0), "rmax": np.float32(1)}] for n in proto.graph.node
                      if n.name in score_path and n.op_type != "Conv" for t in n.output}
+    options = {"nodes_to_exclude": exclude, "extra_options": {"CalibMovingAverage": True,
+                                                              "TensorQuantOverrides": probabilities}}
+    candidates = [_quantized(onnx, ortq, proto, calib, out, reduce_range=b == 7, **options) for b in bits]
+    qproto = candidates[0]
+    if len(candidates) > 1:
+        images = calib.sample(COMPARE_IMAGES)
+        errors = _box_errors(proto, candidates, images)
+        k = int(np.argmin(errors))
+        qproto = candidates[k]
+        LOGGER.info(f"ONNX INT8: this CPU has AVX2 but no VNNI, where 8-bit weights can saturate ONNX Runtime's "
+                    f"int8 sums: tried {' and '.join(f'{b}-bit' for b in bits)} weights, kept {bits[k]}-bit (box "
+                    f"error against fp32 on {len(images)} calibration images: "
+                    f"{' and '.join(f'{e:.3f}' for e in errors)} px; --int8-reduce-range on/off to choose)")
+    del qproto.metadata_props[:]
+    for p in proto.metadata_props:
+        qproto.metadata_props.add(key=p.key, value=p.value)
+    atomic_write(out, lambda fo: fo.write(qproto.SerializeToString()))
+    return out
+
+
+def _quantized(onnx, ortq, proto, calib: CalibrationImages, out: Path, **options):
+    """quantize_static of `proto` calibrated on `calib` (QDQ, per-channel int8 weights, uint8 activations, MinMax;
+    `options`: its other arguments), then the three graph rewrites -> the quantized ModelProto."""
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"images": x}
+
     root = logging.getLogger()  # the quantizer warns on the root logger ("consider pre-processing": not needed here)
     level = root.level
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}_") as tmp:
@@ -384,20 +438,31 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
             root.setLevel(logging.ERROR)
             ortq.quantize_static(str(src), str(q), Reader(), quant_format=ortq.QuantFormat.QDQ, per_channel=True,
                                  activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
-                                 nodes_to_exclude=exclude, calibrate_method=ortq.CalibrationMethod.MinMax,
-                                 extra_options={"CalibMovingAverage": True,
-                                                "TensorQuantOverrides": probabilities})
+                                 calibrate_method=ortq.CalibrationMethod.MinMax, **options)
         finally:
             root.setLevel(level)
         qproto = onnx.load(str(q))
     _share_concat_ranges(qproto, onnx.numpy_helper)
     _hard_sigmoids_as_requantizations(qproto, onnx.numpy_helper, onnx.helper)
     _upsamples_as_byte_copies(qproto, onnx.numpy_helper, onnx.helper)
-    del qproto.metadata_props[:]
-    for p in proto.metadata_props:
-        qproto.metadata_props.add(key=p.key, value=p.value)
-    atomic_write(out, lambda fo: fo.write(qproto.SerializeToString()))
-    return out
+    return qproto
+
+
+def _box_errors(fp32, candidates: list, images: list) -> list:
+    """For each quantized ModelProto in `candidates`: the mean |box error| in pixels against the fp32 ModelProto's
+    outputs (x, y, w, h of every row, weighted by fp32's objectness), in ONNX Runtime on `images`. Weighting by
+    objectness counts the boxes that can become detections; on the shipped models it ranked 8- against 7-bit weights
+    as their mAP50-95 did (README)."""
+    import onnxruntime as ort
+
+    def outputs(proto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, {"images": x})[0] for x in images])
+
+    y = outputs(fp32)
+    weight = y[..., 4:5]
+    return [float((np.abs(outputs(q)[..., :4] - y[..., :4]) * weight).sum() / (4 * weight.sum() + 1e-12))
+            for q in candidates]
 
 
 def quantize_openvino(onnx_file: Path, calib: CalibrationImages, n_layers: int, meta: dict, out: Path) -> Path:
