@@ -8,10 +8,12 @@ model and backend so that load from other processes hits them alike. A config ge
 a stock/shuffle pair (yolov5n.yaml and yolov5n_shuffle.yaml) also gets a ratio row. The int8 backends run the
 models export.py --int8 writes, calibrated on --data's train split (default: the built-in dataset); with --data and
 --weights every backend also gets an mAP50-95 column (val.py on that export), so fp32 and int8 sit side by side.
-Rows are labelled by model config; rows that share one also show their file.
+Rows are labelled by model config; rows that share one also show their file. --ort-profile then prints ONNX
+Runtime's own profile of every ONNX and ONNX int8 model: ms per forward by op type, to see where a graph spends it.
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -185,6 +187,7 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
         _, n_p, _, gflops = model_info(model, imgsz=imgsz)
         rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops or 0.0, "map": {}})
         row_runners, files = build_runners(model, im, backends, tmp / str(i), calib, int8_reduce_range)
+        rows[-1]["onnx_files"] = {b: files[b] for b in ("onnx", "onnx_int8") if b in row_runners}
         if data and src in weights:
             files["pytorch"] = src
             for b in backends:
@@ -195,9 +198,54 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
     return rows, runners
 
 
+def ort_op_times(path: Path, im: torch.Tensor, runs: int, folder: Path) -> dict:
+    """{op type: ms per forward} of an ONNX file from ONNX Runtime's own profiler over `runs` forwards after one
+    untimed one, with the session options of the runner benchmarks.py times. The op types are those of the graph
+    ONNX Runtime runs after its optimizations (QLinearConv, not DequantizeLinear + Conv + QuantizeLinear; layout
+    changes show as ReorderInput/ReorderOutput and Transpose). 'forward' is the median whole forward."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as inference.backends runs it
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "ort_profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: im.numpy()}
+    for _ in range(runs + 1):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    forwards = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                      key=lambda e: e["ts"])
+    start = forwards[0]["ts"] + forwards[0]["dur"]  # the untimed first forward ends here
+    times = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            op = e["args"].get("op_name", "?")
+            times[op] = times.get(op, 0.0) + e["dur"] / 1e3 / runs
+    times["forward"] = statistics.median(e["dur"] for e in forwards[1:]) / 1e3
+    return times
+
+
+def ort_op_table(columns: dict, share: float = 0.02) -> str:
+    """Markdown table of ort_op_times results ({column label: times}): a row per op type that takes at least `share`
+    of some column's summed op time, largest first, then the rest, the sum of all ops and the whole forward."""
+    sums = {c: sum(v for k, v in t.items() if k != "forward") for c, t in columns.items()}
+    ops = {k for c, t in columns.items() for k, v in t.items() if k != "forward" and v >= share * sums[c]}
+    ops = sorted(ops, key=lambda k: -max(t.get(k, 0.0) for t in columns.values()))
+    cell = "{:.2f}".format
+    out = ["| op type | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    out += [f"| {k} | " + " | ".join(cell(t[k]) if k in t else "-" for t in columns.values()) + " |" for k in ops]
+    out.append("| other ops | " + " | ".join(cell(sums[c] - sum(t.get(k, 0.0) for k in ops))
+                                           for c, t in columns.items()) + " |")
+    out.append("| all ops | " + " | ".join(cell(sums[c]) for c in columns) + " |")
+    out.append("| forward (median, profiled) | " + " | ".join(cell(t["forward"]) for t in columns.values()) + " |")
+    return "\n".join(out)
+
+
 def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tuple(BACKENDS), threads=0,
-        trust_weights=False, int8_images=DEFAULT_IMAGES, int8_reduce_range="auto") -> str:
-    """Benchmark every --cfg and --weights model on every backend; -> the markdown table (also printed)."""
+        trust_weights=False, int8_images=DEFAULT_IMAGES, int8_reduce_range="auto", ort_profile=False) -> str:
+    """Benchmark every --cfg and --weights model on every backend; -> the markdown table (also printed).
+    ort_profile: then also print ONNX Runtime's time per op type for every ONNX (and ONNX int8) model."""
     if threads:
         torch.set_num_threads(threads)
     backends = [b.lower() for b in backends]
@@ -205,17 +253,25 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     if bad or not (cfg or weights):
         raise ValueError(f"--backends {' '.join(bad)}: unknown; known: {', '.join(BACKENDS)}" if bad
                          else "give at least one --cfg or --weights")
-    im = torch.zeros(1, 3, imgsz, imgsz)
+    im, profiles = torch.zeros(1, 3, imgsz, imgsz), {}
     with tempfile.TemporaryDirectory() as tmp:
         rows, runners = collect(cfg, weights, data, imgsz, backends, Path(tmp), trust_weights, int8_images,
                                 int8_reduce_range)
         load0 = os.getloadavg()
         ms = time_all(runners, im, warmup, runs)
+        if ort_profile:
+            labels = row_labels(rows)
+            profiles = {f"{label} {BACKENDS[b]}": ort_op_times(f, im, runs, Path(tmp))
+                        for label, r in zip(labels, rows) for b, f in r["onnx_files"].items()}
     ran = [b for b in backends if any(k[1] == b for k in ms)]
     md = table(rows, ms, ran, [b for b in ran if any(b in r["map"] for r in rows)])
     load1 = os.getloadavg()
     print(f"\nCPU latency, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
           f"(torch {torch.__version__}, {cpu_description()}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
+    if profiles:
+        print(f"\nONNX Runtime time per op type, ms per forward (its profiler, {runs} forwards after the table's; op types "
+              f"of the optimized graph; rows: at least 2 % of a column's op time; profiling adds a cost per node, so "
+              f"compare the columns' shares, not their times with the table's)\n\n{ort_op_table(profiles)}")
     return md
 
 
@@ -234,6 +290,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
                         help="calibration images for the int8 backends (from --data's train split)")
     parser.add_argument("--int8-reduce-range", default="auto", choices=REDUCE_RANGE,
                         help="onnx_int8: 7-bit weights, as export.py --int8-reduce-range")
+    parser.add_argument("--ort-profile", action="store_true",
+                        help="also print ONNX Runtime's time per op type for the onnx and onnx_int8 backends")
     return parser.parse_args(argv)
 
 

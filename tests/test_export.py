@@ -333,6 +333,30 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
     assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
 
 
+def test_ort_op_table_keeps_the_large_ops_and_sums_the_rest():
+    columns = {"a ONNX Runtime": {"Conv": 8.0, "Concat": 1.0, "Mul": 0.1, "forward": 9.5},
+               "a ONNX Runtime int8": {"QLinearConv": 5.0, "Conv": 0.05, "Mul": 0.2, "forward": 5.5}}
+    lines = benchmarks.ort_op_table(columns, share=0.05).splitlines()
+    assert lines[0] == "| op type | a ONNX Runtime | a ONNX Runtime int8 |"
+    cells = {row[0]: row[1:] for row in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert list(cells) == ["Conv", "QLinearConv", "Concat", "other ops", "all ops", "forward (median, profiled)"]
+    assert cells["Conv"] == ["8.00", "0.05"] and cells["QLinearConv"] == ["-", "5.00"] and cells["Concat"][1] == "-"
+    assert cells["other ops"] == ["0.10", "0.20"] and cells["all ops"] == ["9.10", "5.25"]
+
+
+def test_benchmarks_ort_profile_prints_onnx_runtime_time_per_op(dynamic_exports, tmp_path, capsys):
+    pt = str(dynamic_exports[CFGS[1]]["pt"])
+    times = benchmarks.ort_op_times(dynamic_exports[CFGS[1]]["onnx"], torch.rand(1, 3, 64, 64), 3, tmp_path)
+    ops = {k: v for k, v in times.items() if k != "forward"}
+    assert "Conv" in ops and all(v > 0 for v in ops.values()) and times["forward"] > 0
+    assert sum(ops.values()) < 2 * times["forward"]  # per forward: the first, untimed one is left out
+    assert [p.name for p in tmp_path.iterdir()][0].startswith("ort_profile") and len(list(tmp_path.iterdir())) == 1
+    benchmarks.run(weights=[pt], imgsz=64, warmup=1, runs=2, backends=("pytorch", "onnx"), ort_profile=True)
+    out = capsys.readouterr().out
+    assert "ONNX Runtime time per op type" in out and "| op type | yolov5n_shuffle ONNX Runtime |" in out
+    assert "| Conv | " in out and "| forward (median, profiled) | " in out
+
+
 def test_benchmarks_key_results_by_model_not_by_file_name(models, data, tmp_path):
     """Three checkpoints all named best.pt (two configs, one of them twice): each row runs its own model, rows are
     labelled by config, and the two rows of one config also show their paths."""
