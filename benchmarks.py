@@ -269,9 +269,9 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     print(f"\nCPU latency, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
           f"(torch {torch.__version__}, {cpu_description()}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
     if profiles:
-        print(f"\nONNX Runtime time per op type, ms per forward (its profiler, {runs} forwards after the table's; op types "
-              f"of the optimized graph; rows: at least 2 % of a column's op time; profiling adds a cost per node, so "
-              f"compare the columns' shares, not their times with the table's)\n\n{ort_op_table(profiles)}")
+        print(f"\nONNX Runtime time per op type, ms per forward (its profiler, {runs} forwards after the table's; op "
+              f"types of the optimized graph; rows: at least 2 % of a column's op time; profiling adds a cost per "
+              f"node, so compare the columns' shares, not their times with the table's)\n\n{ort_op_table(profiles)}")
     return md
 
 

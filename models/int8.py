@@ -2,11 +2,11 @@
 
 Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
 (long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
-per-channel int8 weights, 7-bit where --int8-reduce-range says so, uint8 activations); OpenVINO uses NNCF. In both the stem conv and Detect's box convs
-and decode stay in float: see FLOAT_LAYERS. Three rewrites of the quantized ONNX graph then save ONNX Runtime
-work: concats whose inputs share one range (_share_concat_ranges), HardSigmoid as an int8 requantization
-(_hard_sigmoids_as_requantizations) and 2x nearest upsamples as byte copies (_upsamples_as_byte_copies). Results are
-written atomically next to the weights, with the fp32 exports' metadata.
+per-channel int8 weights, 7-bit where --int8-reduce-range says so, uint8 activations); OpenVINO uses NNCF. In both
+the stem conv and Detect's box convs and decode stay in float: see FLOAT_LAYERS. Three rewrites of the quantized
+ONNX graph then save ONNX Runtime work: concats whose inputs share one range (_share_concat_ranges), HardSigmoid as
+an int8 requantization (_hard_sigmoids_as_requantizations) and 2x nearest upsamples as byte copies
+(_upsamples_as_byte_copies). Results are written atomically next to the weights, with the fp32 exports' metadata.
 """
 
 from __future__ import annotations
