@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from inference.backends import DetectMultiBackend  # noqa: E402
+from inference.backends import DetectMultiBackend, ort_session_options  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Detect, DetectionModel  # noqa: E402
 from models.checkpoint import UntrustedCheckpointError  # noqa: E402
@@ -204,9 +204,7 @@ def ort_op_times(path: Path, im: torch.Tensor, runs: int, folder: Path) -> dict:
     ONNX Runtime runs after its optimizations (QLinearConv, not DequantizeLinear + Conv + QuantizeLinear; layout
     changes show as ReorderInput/ReorderOutput and Transpose). 'forward' is the median whole forward."""
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as inference.backends runs it
+    options = ort_session_options(ort)  # as the timed runner's session
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "ort_profile")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -74,14 +74,21 @@ class _TorchScriptRunner:
         return y[0] if isinstance(y, (list, tuple)) else y
 
 
+def ort_session_options(ort):
+    """The SessionOptions every ONNX Runtime session here runs with: torch's thread count, and idle intra-op workers
+    that sleep instead of spinning (no CPU stolen from the rest of the process)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class _OnnxRunner:
     """ONNX Runtime session (CUDA provider when the device is a GPU); metadata props give stride and names."""
 
     def __init__(self, path: Path, device: torch.device, fp16: bool):
         ort = _require("onnxruntime", path, "ONNX", "pip install onnxruntime")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle workers sleep: no CPU stolen
+        so = ort_session_options(ort)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(_existing(path, "ONNX")), so, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
