@@ -1,4 +1,4 @@
-"""CPU benchmark: parameters, GFLOPs, latency per backend and (with weights) mAP, printed as a markdown table.
+"""CPU (or CUDA) benchmark: parameters, GFLOPs, latency per backend and (with weights) mAP, as a markdown table.
 
 Usage:
     python benchmarks.py --cfg yolov5n.yaml yolov5n_shuffle.yaml yolov5l.yaml yolov5l_shuffle.yaml --imgsz 640
@@ -10,6 +10,7 @@ models export.py --int8 writes, calibrated on --data's train split (default: the
 --weights every backend also gets an mAP50-95 column (val.py on that export), so fp32 and int8 sit side by side.
 Rows are labelled by model config; rows that share one also show their file. --ort-profile then prints ONNX
 Runtime's own profile of every ONNX and ONNX int8 model: ms per forward by op type, to see where a graph spends it.
+--device 0 [--half] times the PyTorch backend on that GPU instead (the other backends are CPU runtimes here).
 """
 
 import argparse
@@ -34,7 +35,7 @@ from models.checkpoint import UntrustedCheckpointError  # noqa: E402
 from models.exporters import MissingPackage, export_onnx, export_openvino, export_torchscript, model_metadata  # noqa: E402
 from models.int8 import DEFAULT_IMAGES, REDUCE_RANGE, CalibrationImages  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
-from utils.torch_utils import cpu_description, keep_freed_memory, model_info  # noqa: E402
+from utils.torch_utils import cpu_description, keep_freed_memory, model_info, select_device  # noqa: E402
 
 BACKENDS = {"pytorch": "PyTorch", "torchscript": "TorchScript", "onnx": "ONNX Runtime",  # fp32 next to int8
             "onnx_int8": "ONNX Runtime int8", "openvino": "OpenVINO", "openvino_int8": "OpenVINO int8"}
@@ -133,10 +134,11 @@ def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def map_of(weights: str, data: str, imgsz: int, trust: bool) -> str:
+def map_of(weights: str, data: str, imgsz: int, trust: bool, device=torch.device("cpu"), half=False) -> str:
     """mAP50-95 of a checkpoint or exported file on `data` through val.run (fixed-shape exports run batch 1)."""
     import val
     r = val.run(data=data, weights=str(weights), imgsz=imgsz, batch_size=16, workers=0, plots=False,
+                device=str(device.index if device.type == "cuda" else device.type), half=half,
                 project=Path(tempfile.gettempdir()) / "yolov5_benchmarks", exist_ok=True, trust_weights=trust)[0]
     return f"{r[3]:.3f}"
 
@@ -175,16 +177,19 @@ def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
 
 
 def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bool, int8_images: int,
-            int8_reduce_range: str = "auto") -> tuple:
+            int8_reduce_range: str = "auto", device=torch.device("cpu"), half: bool = False) -> tuple:
     """(rows, runners): one row dict per model, in --cfg then --weights order, and {(row index, backend): runner}.
-    Each model exports into its own folder, so files that share a name (a/best.pt, b/best.pt) stay apart."""
-    im = torch.zeros(1, 3, imgsz, imgsz)
+    Each model exports into its own folder, so files that share a name (a/best.pt, b/best.pt) stay apart.
+    On a CUDA `device` (PyTorch backend only) the models run there, in FP16 if `half`, and each forward waits
+    for the GPU to finish, so that the time is the GPU's."""
+    im = torch.zeros(1, 3, imgsz, imgsz, device=device, dtype=torch.float16 if half else torch.float32)
     int8 = any(b.endswith("_int8") for b in backends)
     calib = CalibrationImages(data, (imgsz, imgsz), int8_images) if int8 else None
     rows, runners = [], {}
     for i, src in enumerate(list(cfg) + list(weights)):
         config, model = load_unfused(src, trust)
         _, n_p, _, gflops = model_info(model, imgsz=imgsz)
+        model = model.to(device).half() if half else model.to(device)
         rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops or 0.0, "map": {}})
         row_runners, files = build_runners(model, im, backends, tmp / str(i), calib, int8_reduce_range)
         rows[-1]["onnx_files"] = {b: files[b] for b in ("onnx", "onnx_int8") if b in row_runners}
@@ -192,10 +197,18 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
             files["pytorch"] = src
             for b in backends:
                 if b in files and b in row_runners:
-                    rows[-1]["map"][b] = map_of(files[b], data, imgsz, trust)
+                    rows[-1]["map"][b] = map_of(files[b], data, imgsz, trust, device, half)
         for b, f in row_runners.items():
-            runners[(i, b)] = f
+            runners[(i, b)] = _synced(f) if device.type == "cuda" else f
     return rows, runners
+
+
+def _synced(f):
+    def run(x):
+        y = f(x)
+        torch.cuda.synchronize()
+        return y
+    return run
 
 
 def ort_op_times(path: Path, im: torch.Tensor, runs: int, folder: Path) -> dict:
@@ -241,9 +254,11 @@ def ort_op_table(columns: dict, share: float = 0.02) -> str:
 
 
 def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tuple(BACKENDS), threads=0,
-        trust_weights=False, int8_images=DEFAULT_IMAGES, int8_reduce_range="auto", ort_profile=False) -> str:
+        trust_weights=False, int8_images=DEFAULT_IMAGES, int8_reduce_range="auto", ort_profile=False, device="cpu",
+        half=False) -> str:
     """Benchmark every --cfg and --weights model on every backend; -> the markdown table (also printed).
-    ort_profile: then also print ONNX Runtime's time per op type for every ONNX (and ONNX int8) model."""
+    ort_profile: then also print ONNX Runtime's time per op type for every ONNX (and ONNX int8) model.
+    device: 'cpu' or a CUDA index (PyTorch backend only there); half: FP16 on CUDA."""
     if threads:
         torch.set_num_threads(threads)
     backends = [b.lower() for b in backends]
@@ -251,10 +266,11 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     if bad or not (cfg or weights):
         raise ValueError(f"--backends {' '.join(bad)}: unknown; known: {', '.join(BACKENDS)}" if bad
                          else "give at least one --cfg or --weights")
-    im, profiles = torch.zeros(1, 3, imgsz, imgsz), {}
+    device = check_device(device, half, backends, ort_profile)
+    im, profiles = torch.zeros(1, 3, imgsz, imgsz, device=device, dtype=torch.float16 if half else None), {}
     with tempfile.TemporaryDirectory() as tmp:
         rows, runners = collect(cfg, weights, data, imgsz, backends, Path(tmp), trust_weights, int8_images,
-                                int8_reduce_range)
+                                int8_reduce_range, device, half)
         load0 = os.getloadavg()
         ms = time_all(runners, im, warmup, runs)
         if ort_profile:
@@ -264,7 +280,9 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     ran = [b for b in backends if any(k[1] == b for k in ms)]
     md = table(rows, ms, ran, [b for b in ran if any(b in r["map"] for r in rows)])
     load1 = os.getloadavg()
-    print(f"\nCPU latency, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
+    where = "CPU latency" if device.type == "cpu" else \
+        f"CUDA latency ({torch.cuda.get_device_name(device)}, {'FP16' if half else 'FP32'})"
+    print(f"\n{where}, batch 1, {imgsz}x{imgsz}, {torch.get_num_threads()} threads, median of {runs} runs "
           f"(torch {torch.__version__}, {cpu_description()}); load average {load0[0]:.2f} before, {load1[0]:.2f} after\n\n{md}")
     if profiles:
         print(f"\nONNX Runtime time per op type, ms per forward (its profiler, {runs} forwards after the table's; op "
@@ -273,8 +291,22 @@ def run(cfg=(), weights=(), data=None, imgsz=640, warmup=3, runs=20, backends=tu
     return md
 
 
+def check_device(device, half: bool, backends: list, ort_profile: bool) -> torch.device:
+    """--device/--half as a torch.device, or a one-line error for a combination that cannot run."""
+    device = select_device(device)
+    if half and device.type != "cuda":
+        raise ValueError("--half needs a CUDA device (--device 0); on a CPU the fp32 and int8 backends are timed")
+    if device.type == "mps":
+        raise ValueError("--device mps: not supported by benchmarks.py; use --device cpu or a CUDA index")
+    others = [b for b in backends if b != "pytorch"]
+    if device.type == "cuda" and (others or ort_profile):
+        raise ValueError(f"--device {device.index}: only the pytorch backend runs on CUDA here (pass --backends "
+                         f"pytorch); {', '.join(others) or '--ort-profile'} are CPU runtimes")
+    return device
+
+
 def parse_opt(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="CPU latency / size / mAP table for model configs and weights.")
+    parser = argparse.ArgumentParser(description="CPU (or CUDA) latency / size / mAP table for configs and weights.")
     parser.add_argument("--cfg", nargs="*", default=[], help="model yaml(s), random weights: speed only")
     parser.add_argument("--weights", nargs="*", default=[], help="checkpoint(s): speed and, with --data, mAP")
     parser.add_argument("--data", type=str, default=None, help="dataset.yaml for mAP of --weights")
@@ -290,6 +322,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
                         help="onnx_int8: 7-bit weights, as export.py --int8-reduce-range")
     parser.add_argument("--ort-profile", action="store_true",
                         help="also print ONNX Runtime's time per op type for the onnx and onnx_int8 backends")
+    parser.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as 0 (pytorch backend only)")
+    parser.add_argument("--half", action="store_true", help="FP16 on the CUDA device")
     return parser.parse_args(argv)
 
 

@@ -46,6 +46,7 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import EarlyStopping, lr_lambda, smart_optimizer  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results  # noqa: E402
 from models.pretrained import load_shufflenet_backbone  # noqa: E402
+from utils.autobatch import auto_batch_size  # noqa: E402
 from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_autocast, cpu_bf16_status,  # noqa: E402
                                de_parallel, init_seeds, select_device, torch_distributed_zero_first)
@@ -324,22 +325,27 @@ def start_run(hyp, opt, device) -> RunState:
     with torch_distributed_zero_first(LOCAL_RANK):
         s.data = check_dataset(opt.data, trust=opt.trust_data)
     s.nc = 1 if opt.single_cls else int(s.data["nc"])
-    s.recipe = resolve_recipe(opt.optimizer, hyp, count_images(s.data["train"]), s.nc, opt.batch_size, opt.epochs,
-                              evolve=bool(opt.evolve))
-    opt.hyp = dict(hyp)  # unscaled, so opt.yaml and ckpt['opt'] hold the values a --resume continues with
     if RANK in (-1, 0):
         s.save_dir.mkdir(parents=True, exist_ok=True)
-        if not opt.evolve:  # evolution writes only results.csv and its own files (evolve.csv, hyp_evolve.yaml)
-            s.w.mkdir(exist_ok=True)
-            yaml_save(s.save_dir / "hyp.yaml", hyp)
-            yaml_save(s.save_dir / "opt.yaml", vars(opt))
         if opt.resume:
             remove_stale_temps(s.w)
-    LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
     init_seeds(opt.seed + 1 + RANK, deterministic=True)
     s.names = {0: "item"} if opt.single_cls and len(s.data["names"]) != 1 else s.data["names"]
     s.is_coco = isinstance(s.data["val"], str) and s.data["val"].endswith("coco/val2017.txt")
     return s
+
+
+def record_recipe(s, hyp, opt) -> None:
+    """Choose the recipe for the run's batch size (known once AutoBatch has run), then write hyp.yaml and
+    opt.yaml (rank 0, not under --evolve, which writes only results.csv and its own files)."""
+    s.recipe = resolve_recipe(opt.optimizer, hyp, count_images(s.data["train"]), s.nc, s.batch_size, opt.epochs,
+                              evolve=bool(opt.evolve))
+    opt.hyp = dict(hyp)  # unscaled, so opt.yaml and ckpt['opt'] hold the values a --resume continues with
+    if RANK in (-1, 0) and not opt.evolve:
+        s.w.mkdir(exist_ok=True)
+        yaml_save(s.save_dir / "hyp.yaml", hyp)
+        yaml_save(s.save_dir / "opt.yaml", vars(opt))
+    LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
 
 
 def train(hyp, opt, device):
@@ -362,10 +368,8 @@ def train(hyp, opt, device):
     freeze_layers(model, opt.freeze)
     s.gs = max(int(model.stride.max()), 32)
     s.imgsz = check_img_size(opt.imgsz, s.gs, floor=s.gs * 2)
-    s.batch_size = opt.batch_size
-    if s.batch_size == -1:
-        s.batch_size = 16
-        LOGGER.warning("WARNING: AutoBatch (--batch-size -1) needs a CUDA device; using --batch-size 16")
+    s.batch_size = opt.batch_size if opt.batch_size != -1 else auto_batch_size(model, s.imgsz, s.amp)
+    record_recipe(s, hyp, opt)
 
     # Optimizer, schedule, EMA, resume
     optimizer, lf, scheduler, ema, start_epoch = build_optimizer(s, model, opt, hyp, ckpt)
@@ -463,7 +467,8 @@ def set_model_attributes(s, m, hyp, dataset, opt):
 
 
 def wrap_parallel(model, opt, device):
-    """SyncBatchNorm (CUDA DDP only) and the DistributedDataParallel wrapper when launched by torch.distributed."""
+    """SyncBatchNorm (CUDA DDP only) and the DistributedDataParallel wrapper when launched by torch.distributed;
+    DataParallel when one process is given several GPUs."""
     if opt.sync_bn and device.type == "cuda" and RANK != -1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
         LOGGER.info("Using SyncBatchNorm()")
@@ -472,7 +477,21 @@ def wrap_parallel(model, opt, device):
     if RANK != -1:  # static_graph: every parameter is used in every step (frozen ones have no grad at all)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[LOCAL_RANK] if device.type == "cuda" else None, static_graph=True)
+    elif ids := data_parallel_ids(opt, device):
+        LOGGER.warning(f"WARNING: --device {opt.device} in one process: DataParallel over GPUs {ids}, as YOLOv5 "
+                       f"does; DDP is faster: python -m torch.distributed.run --nproc_per_node {len(ids)} train.py "
+                       f"--device {opt.device} ...")
+        model = nn.DataParallel(model, device_ids=ids)
     return model
+
+
+def data_parallel_ids(opt, device) -> list:
+    """The CUDA devices a single-process run splits each batch over (DataParallel): those --device names when
+    it names several, else none."""
+    if device.type != "cuda" or RANK != -1:
+        return []
+    ids = [int(x) for x in str(opt.device).lower().replace("cuda:", "").replace(" ", "").split(",") if x.isdigit()]
+    return ids if len(ids) > 1 else []
 
 
 def fused_copy(model):

@@ -141,11 +141,13 @@ class Detect(nn.Module):
         return out, x
 
     def _cell_offsets(self, nx: int, ny: int, dim: int) -> torch.Tensor:
-        """Each cell's (x, y) minus 0.5, stacked on `dim` of the (ny, nx) index planes."""
-        d, t = self.anchors.device, self.anchors.dtype
-        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t),
+        """Each cell's (x, y) minus 0.5, stacked on `dim` of the (ny, nx) index planes, in the anchors' dtype.
+        Counted in float32 and then cast (exact in FP16 below 1024 cells): the ONNX exporter of torch 2.14 fails on
+        an FP16 arange ('tensor does not have a device'), which an export --half traces."""
+        d, f = self.anchors.device, torch.float32
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=f), torch.arange(nx, device=d, dtype=f),
                                 indexing="ij")
-        return torch.stack((xv, yv), dim) - 0.5
+        return (torch.stack((xv, yv), dim) - 0.5).to(self.anchors.dtype)
 
     def _make_grid(self, nx: int, ny: int, i: int):
         """Cell offsets (1, na, ny, nx, 2) minus 0.5, and the level's anchors in pixels, same shape."""

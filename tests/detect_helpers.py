@@ -1,5 +1,6 @@
-"""Shared by test_detect.py and test_hub.py: tiny images, a random model made to detect things, checkpoints in
-this project's format and in YOLOv5's legacy-pickle format, and an independent reference inference."""
+"""Shared by the detect, hub, export and CUDA tests: tiny images, a random model made to detect things, checkpoints
+in this project's format and in YOLOv5's legacy-pickle format, an independent reference inference, and detect.py
+runs compared across precisions."""
 
 import logging
 from contextlib import contextmanager
@@ -136,6 +137,32 @@ def assert_same_detections(a, b, px: float = 1.0, conf: float = 1e-3) -> None:
         j = unused.pop(int(np.argmin(dist)))
         assert np.abs(row[:4] - b[j, :4]).max() <= px, f"box {row} vs {b[j]}"
         assert abs(row[4] - b[j, 4]) <= conf and row[5] == b[j, 5], f"detection {row} vs {b[j]}"
+
+
+def detect_labels(weights, tmp_path: Path, name: str, source=None, **kw) -> dict:
+    """detect.run --save-txt --save-conf over `source` (default: the repo's sample images) ->
+    {image stem: (n, 6) array of (cls, x, y, w, h, conf)}, boxes normalised."""
+    import detect
+    source = source or Path(__file__).resolve().parents[1] / "data" / "images"
+    run = detect.run(weights=weights, source=source, save_txt=True, save_conf=True, nosave=True, project=tmp_path,
+                     name=name, **kw)
+    return {f.stem: np.loadtxt(f, ndmin=2) for f in sorted((run / "labels").glob("*.txt"))}
+
+
+def assert_close_detections(ref: dict, other: dict, box_tol: float, conf_tol: float, margin: float = 0.05):
+    """For detections of two precisions (detect_labels' dicts): each one clearly above detect.py's 0.25 threshold
+    (by `margin`, so that one near it may appear on one side only) has one on the other side with the same class,
+    xywh within box_tol (fraction of the image) and conf within conf_tol; both ways round."""
+    assert sum(len(v) for v in ref.values()), "the reference found nothing: the comparison would be empty"
+    for a, b in ((ref, other), (other, ref)):
+        for stem, rows in a.items():
+            for r in rows[rows[:, 5] >= 0.25 + margin]:
+                cand = b.get(stem, np.zeros((0, 6)))
+                cand = cand[cand[:, 0] == r[0]]
+                assert len(cand), f"{stem}: {r} has no detection of its class on the other side"
+                k = int(np.abs(cand[:, 1:5] - r[1:5]).max(1).argmin())
+                assert np.abs(cand[k, 1:5] - r[1:5]).max() <= box_tol and abs(cand[k, 5] - r[5]) <= conf_tol, \
+                    f"{stem}: {r} vs {cand[k]}"
 
 
 @contextmanager

@@ -18,8 +18,8 @@ import benchmarks
 import detect
 import export
 import val
-from detect_helpers import (NAMES, assert_same_detections, captured_log, lively_model, read_rows, rows_to_xyxy,
-                            save_own)
+from detect_helpers import (NAMES, assert_close_detections, assert_same_detections, captured_log, detect_labels,
+                            lively_model, read_rows, rows_to_xyxy, save_own)
 from inference.backends import DetectMultiBackend, MissingRuntime
 from models.yolo import DetectionModel
 
@@ -288,6 +288,27 @@ def test_unsupported_and_unknown_formats(models, tmp_path):
         export.run(weights=str(w), include=["onnx"], half=True)
 
 
+def test_fp16_export_graph_runs_and_detects_as_fp32(tmp_path, monkeypatch):
+    """export.py --half is a GPU option (refused on a CPU, as in YOLOv5), but what it traces is the same graph in
+    fp16: traced here on the CPU, the TorchScript and ONNX files detect what their fp32 exports do on the sample
+    images (ONNX Runtime's CPU build runs the fp16 ONNX file). The CUDA version is in test_cuda.py."""
+    import onnx
+    monkeypatch.setattr(export, "check_options", lambda *a, **k: None)
+    files = {}
+    for kind, half in (("fp32", False), ("fp16", True)):
+        w = tmp_path / kind / "shipped.pt"
+        w.parent.mkdir()
+        w.write_bytes((ROOT / "yolov5n_shuffle_cpu.pt").read_bytes())
+        out = export.run(weights=w, imgsz=(320, 320), include=("torchscript", "onnx"), half=half)
+        files[kind] = [next(Path(f) for f in out if str(f).endswith(ext)) for ext in (".torchscript", ".onnx")]
+    assert onnx.load(str(files["fp16"][1])).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    for i, name in enumerate(("torchscript", "onnx")):
+        ref = detect_labels(files["fp32"][i], tmp_path, f"{name}32", device="cpu", imgsz=(320, 320))
+        got = detect_labels(files["fp16"][i], tmp_path, f"{name}16", device="cpu", imgsz=(320, 320),
+                            half=name == "torchscript")  # --half on a CPU falls back to fp32 with a warning
+        assert_close_detections(ref, got, box_tol=0.004, conf_tol=0.02)
+
+
 def test_cli_defaults_and_error_line(tmp_path):
     opt = export.parse_opt([])
     assert (opt.imgsz, opt.batch_size, opt.device, opt.opset, opt.include) == ([640, 640], 1, "cpu", 12, ["torchscript"])
@@ -331,6 +352,16 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
     params = [int(r[1].replace(",", "")) for r in (stock, shuffle)]
     assert float(ratio[1]) == pytest.approx(params[1] / params[0], abs=0.006)
     assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
+
+
+def test_benchmarks_device_and_half_are_checked_before_anything_runs(monkeypatch):
+    with pytest.raises(ValueError, match="--half needs a CUDA device"):
+        benchmarks.run(cfg=["yolov5n.yaml"], backends=["pytorch"], half=True)
+    monkeypatch.setattr(benchmarks, "select_device", lambda d: torch.device("cuda", 0))  # as if a GPU were here
+    with pytest.raises(ValueError, match="only the pytorch backend runs on CUDA here .* onnx are CPU runtimes"):
+        benchmarks.run(cfg=["yolov5n.yaml"], backends=["pytorch", "onnx"], device="0")
+    with pytest.raises(ValueError, match="--ort-profile are CPU runtimes"):
+        benchmarks.run(cfg=["yolov5n.yaml"], backends=["pytorch"], device="0", ort_profile=True)
 
 
 def test_ort_op_table_keeps_the_large_ops_and_sums_the_rest():

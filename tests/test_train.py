@@ -220,19 +220,27 @@ def test_copied_checkpoint_is_what_a_second_save_writes(full_run, tmp_path):
 
 # ---------------------------------------------------------------- resume
 
-def test_resume_after_interrupt_finishes_remaining_epochs(data, tmp_path, monkeypatch):
+def interrupted_run(argv: list, monkeypatch) -> Path:
+    """Run train.py with `argv` until the first last.pt of epoch 0 is saved, then "die" (KeyboardInterrupt);
+    returns the run directory."""
     real_save = train.save_checkpoint
 
-    def save_then_die(ckpt, path):  # the process "dies" right after the first last.pt of epoch 0
+    def save_then_die(ckpt, path):
         real_save(ckpt, path)
         if Path(path).name == "last.pt" and ckpt["optimizer"] is not None:
             raise KeyboardInterrupt
 
+    opt = train.parse_opt(argv)
     with monkeypatch.context() as m:
         m.setattr(train, "save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            run_cli(args(data, tmp_path, epochs=3))
-    run = tmp_path / "exp"
+            train.main(opt)
+    return Path(opt.save_dir)
+
+
+def test_resume_after_interrupt_finishes_remaining_epochs(data, tmp_path, monkeypatch):
+    run = interrupted_run(args(data, tmp_path, epochs=3), monkeypatch)
+    assert run == tmp_path / "exp"
     last = run / "weights" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 0 and len(read_results(run)[1]) == 1
     (run / "weights" / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")  # a SIGKILL mid-save leaves this
@@ -361,6 +369,24 @@ def test_flags_image_weights_multi_scale_cache_ram_patience(data, tmp_path, monk
     assert any("Stopping training early" in r for r in log)
 
 
+def test_autobatch_flag_without_cuda_trains_at_16(data, tmp_path, skip_final_validation):
+    with captured_log() as log:
+        run = run_cli(args(data, tmp_path, "--batch-size", "-1", "--noval"))
+    assert any("AutoBatch" in r and "needs a CUDA device" in r for r in log)
+    assert any("recipe:" in r and "at batch 16 " in r for r in log)  # the recipe sees the batch that trains
+    assert yaml.safe_load((run / "opt.yaml").read_text())["batch_size"] == -1  # as given: a resume asks again
+
+
+def test_data_parallel_only_for_several_gpus_in_one_process():
+    from types import SimpleNamespace
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert train.data_parallel_ids(SimpleNamespace(device="0,1"), cuda) == [0, 1]
+    assert train.data_parallel_ids(SimpleNamespace(device="cuda:2, 3"), cuda) == [2, 3]
+    assert train.data_parallel_ids(SimpleNamespace(device="0"), cuda) == []
+    assert train.data_parallel_ids(SimpleNamespace(device=""), cuda) == []  # no list given: the first GPU only
+    assert train.data_parallel_ids(SimpleNamespace(device="cpu"), cpu) == []
+
+
 def test_freeze_layers_stops_gradients():
     model = DetectionModel(ROOT / "models" / "yolov5n_shuffle.yaml", nc=2)
     train.freeze_layers(model, [3])
@@ -421,19 +447,25 @@ def test_hyp_file_rejects_unknown_keys(tmp_path):
 
 # ---------------------------------------------------------------- multi-process (gloo on CPU)
 
-@pytest.mark.slow  # ~20 s: two processes, each importing torch; > 30 s on a busy machine
-def test_two_process_gloo_run_matches_single_process_layout(data, full_run, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train.py"), *args(data, tmp_path, "--device", "cpu")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+def distributed_run(nproc: int, argv: list, cwd: Path, timeout: int = 300, **env) -> str:
+    """python -m torch.distributed.run --nproc_per_node nproc train.py argv; asserts it succeeded, returns its
+    output. The whole process group is killed if it outlives `timeout` seconds."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(ROOT / "train.py"), *argv]
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "NO_COLOR": "1", **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.slow  # ~20 s: two processes, each importing torch; > 30 s on a busy machine
+def test_two_process_gloo_run_matches_single_process_layout(data, full_run, tmp_path):
+    out = distributed_run(2, args(data, tmp_path, "--device", "cpu"), tmp_path, OMP_NUM_THREADS="1")
     run = tmp_path / "exp"
     assert sorted(p.name for p in run.iterdir()) == ["hyp.yaml", "opt.yaml", "results.csv", "weights"]
     assert sorted(p.name for p in (run / "weights").iterdir()) == ["best.pt", "last.pt"]

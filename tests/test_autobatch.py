@@ -1,0 +1,46 @@
+"""AutoBatch (utils/autobatch.py): the batch size fitted to measured memory, its limits and fallbacks, and
+train.py --batch-size -1 without CUDA. The real measurement on a GPU is in test_cuda.py."""
+
+import pytest
+import torch
+
+from detect_helpers import captured_log
+from utils.autobatch import LARGEST, PROBE_SIZES, auto_batch_size, fit_batch_size
+
+GIB = 2 ** 30
+
+
+def linear(fixed: float, per_image: float):
+    return [fixed + per_image * b for b in PROBE_SIZES]
+
+
+def test_fit_solves_the_line_for_the_budget():
+    b, why = fit_batch_size(PROBE_SIZES, linear(1 * GIB, 0.1 * GIB), budget=11 * GIB)
+    assert b == 100 and "102.4 MiB per image" in why and "1.00 GiB fixed" in why
+    assert fit_batch_size(PROBE_SIZES, linear(1 * GIB, 0.1 * GIB), budget=11.05 * GIB)[0] == 100  # rounds down
+
+
+def test_fit_stays_below_the_first_size_that_ran_out_of_memory():
+    used = linear(1 * GIB, 0.1 * GIB)[:3] + [None]  # 1, 2, 4 ran; 8 did not
+    assert fit_batch_size(PROBE_SIZES[:4], used, budget=100 * GIB)[0] == 4
+
+
+@pytest.mark.parametrize("used, budget, expect, words", [
+    ([None], 10 * GIB, 16, "too few batch sizes ran (0 of 1)"),
+    ([GIB, None], 10 * GIB, 16, "too few batch sizes ran (1 of 2)"),
+    ([GIB] * 5, 10 * GIB, 16, "does not grow"),
+    (linear(20 * GIB, GIB), 10 * GIB, 16, "the model alone needs more than the budget of 10.0 GiB"),
+    (linear(0, 1e6), 100 * GIB, LARGEST, f"capped at {LARGEST}"),
+])
+def test_fit_fallbacks(used, budget, expect, words):
+    b, why = fit_batch_size(PROBE_SIZES[:len(used)], used, budget)
+    assert b == expect and words in why
+
+
+def test_without_cuda_the_default_is_used_and_said():
+    model = torch.nn.Conv2d(3, 4, 3)
+    calls = []
+    with captured_log() as log:
+        b = auto_batch_size(model, 64, amp=False, default=16, measure=lambda *a: calls.append(a))
+    assert b == 16 and not calls
+    assert any("AutoBatch" in line and "needs a CUDA device" in line and "--batch-size 16" in line for line in log)
