@@ -394,7 +394,7 @@ def train(hyp, opt, device):
     s.nw = max(round(hyp["warmup_epochs"] * s.nb), 100)
     s.maps = np.zeros(s.nc)
     scheduler.last_epoch = start_epoch - 1
-    scaler = torch.amp.GradScaler("cuda", enabled=s.amp) if device.type == "cuda" else _NoScaler()
+    scaler = cuda_grad_scaler(s.amp) if device.type == "cuda" else _NoScaler()
     s.stopper, stop = EarlyStopping(patience=opt.patience), False
     s.compute_loss = ComputeLoss(m)
     parts = Trainables(model, train_loader, dataset, optimizer, lf, scaler, ema, hyp)
@@ -550,6 +550,13 @@ def remove_stale_temps(weights_dir: Path) -> None:
     for f in Path(weights_dir).glob(".*.pt.*.tmp"):
         LOGGER.info(f"Removing {f}, an unfinished checkpoint save of the interrupted run")
         f.unlink(missing_ok=True)
+
+
+def cuda_grad_scaler(enabled: bool):
+    """AMP's gradient scaler: torch.amp.GradScaler('cuda') since torch 2.3, torch.cuda.amp.GradScaler before."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
 class _NoScaler:

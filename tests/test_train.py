@@ -387,6 +387,14 @@ def test_data_parallel_only_for_several_gpus_in_one_process():
     assert train.data_parallel_ids(SimpleNamespace(device="cpu"), cpu) == []
 
 
+def test_cuda_grad_scaler_on_old_and_new_torch(monkeypatch):
+    new = train.cuda_grad_scaler(enabled=False)
+    assert type(new) is torch.amp.GradScaler and not new.is_enabled()
+    monkeypatch.delattr(torch.amp, "GradScaler")  # torch < 2.3 has only torch.cuda.amp.GradScaler
+    old = train.cuda_grad_scaler(enabled=False)
+    assert isinstance(old, torch.cuda.amp.GradScaler) and not old.is_enabled()
+
+
 def test_freeze_layers_stops_gradients():
     model = DetectionModel(ROOT / "models" / "yolov5n_shuffle.yaml", nc=2)
     train.freeze_layers(model, [3])
