@@ -11,6 +11,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 NO_COLOR=1
 parts=${*:-tests cli bench}
+if ! command -v python >/dev/null; then  # some images have only python3
+    python() { python3 "$@"; }
+fi
 out=runs/cuda_check
 failed=()
 
