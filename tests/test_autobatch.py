@@ -1,8 +1,14 @@
-"""AutoBatch (utils/autobatch.py): the batch size fitted to measured memory, its limits and fallbacks, and
-train.py --batch-size -1 without CUDA. The real measurement on a GPU is in test_cuda.py."""
+"""AutoBatch (utils/autobatch.py): the batch size fitted to measured memory, its limits and fallbacks, and the
+GPU tooling on a machine without CUDA (AutoBatch's fallback, benchmarks/cuda_check.sh's refusal). The real
+measurements on a GPU are in test_cuda.py."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
+
+from conftest import ROOT
 
 from detect_helpers import captured_log
 from utils.autobatch import LARGEST, PROBE_SIZES, auto_batch_size, fit_batch_size
@@ -44,3 +50,14 @@ def test_without_cuda_the_default_is_used_and_said():
         b = auto_batch_size(model, 64, amp=False, default=16, measure=lambda *a: calls.append(a))
     assert b == 16 and not calls
     assert any("AutoBatch" in line and "needs a CUDA device" in line and "--batch-size 16" in line for line in log)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the script would run its checks")
+def test_cuda_check_script_says_there_is_nothing_to_check(tmp_path):
+    bin_dir = tmp_path / "bin"  # `python` on the PATH is this interpreter, as in the README's setup
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "cuda_check.sh")], capture_output=True, text=True,
+                          timeout=120, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert proc.returncode == 1 and "no CUDA device: nothing to check" in proc.stdout
+    assert "===" not in proc.stdout  # no step ran
