@@ -1,10 +1,10 @@
 """AutoBatch (`train.py --batch-size -1`): the largest training batch that fills a share of the CUDA device.
 
 YOLOv5's procedure and numbers: train steps at batch 1, 2, 4, 8 and 16 measure the device memory each needs, a
-straight line through those points is solved for `fraction` (0.8) of the device's memory, and the result is
-kept below the first batch size that ran out of memory. Anything the line cannot answer (a device without CUDA,
-memory that does not grow with the batch, an answer outside 1..1024) falls back to `default` with one line
-saying why.
+straight line through those points is solved for `fraction` (0.8) of the memory available to this process (free
+on the device, so a shared GPU's other users are left theirs), and the result is kept below the first batch size
+that ran out of memory. Anything the line cannot answer (a device without CUDA, memory that does not grow with
+the batch, an answer outside 1..1024) falls back to `default` (or the cap) with one line saying why.
 """
 
 from copy import deepcopy
@@ -41,8 +41,9 @@ def fit_batch_size(sizes: Sequence[int], used: Sequence[Optional[float]], budget
 
 
 def train_step_memory(model, imgsz: int, batch: int, amp: bool) -> Optional[float]:
-    """Peak CUDA bytes allocated by one forward and backward pass of `model` on a random batch; None if it ran
-    out of memory."""
+    """Peak CUDA bytes the caching allocator reserved for one forward and backward pass of `model` on a random
+    batch (reserved, not allocated: what the process takes from the device, fragmentation included, as YOLOv5
+    measures); None if it ran out of memory."""
     device = next(model.parameters()).device
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
@@ -53,7 +54,7 @@ def train_step_memory(model, imgsz: int, batch: int, amp: bool) -> Optional[floa
             total = sum(o.float().sum() for o in (out if isinstance(out, (list, tuple)) else [out]))
         total.backward()
         torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device))
+        return float(torch.cuda.max_memory_reserved(device))
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one (torch >= 1.13); older torch raises it plain
         if "out of memory" not in str(e):
             raise
@@ -61,6 +62,16 @@ def train_step_memory(model, imgsz: int, batch: int, amp: bool) -> Optional[floa
     finally:
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
+
+
+def device_memory_available(device) -> float:
+    """Bytes of the CUDA device this process can use: what the driver reports free (other processes' memory is
+    not) plus what this process's allocator already holds; the card's total where the driver cannot say."""
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except (AttributeError, RuntimeError):  # torch < 1.10, or a driver without the query
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    return float(free + torch.cuda.memory_reserved(device))
 
 
 def auto_batch_size(model, imgsz: int, amp: bool, fraction: float = 0.8, default: int = 16,
@@ -73,7 +84,9 @@ def auto_batch_size(model, imgsz: int, amp: bool, fraction: float = 0.8, default
         LOGGER.warning(f"{prefix}WARNING: needs a CUDA device (training on {device.type}); using --batch-size "
                        f"{default}")
         return default
-    budget = torch.cuda.get_device_properties(device).total_memory * fraction
+    torch.cuda.empty_cache()
+    available = device_memory_available(device)
+    budget = available * fraction
     probe = deepcopy(model).train()
     used = []
     for b in PROBE_SIZES:
@@ -84,6 +97,6 @@ def auto_batch_size(model, imgsz: int, amp: bool, fraction: float = 0.8, default
     torch.cuda.empty_cache()
     sizes = PROBE_SIZES[:len(used)]
     b, why = fit_batch_size(sizes, used, budget, default)
-    LOGGER.info(f"{prefix}--batch-size {b} for {fraction:.0%} of {budget / fraction / 2 ** 30:.1f} GiB on "
+    LOGGER.info(f"{prefix}--batch-size {b} for {fraction:.0%} of the {available / 2 ** 30:.1f} GiB available on "
                 f"{torch.cuda.get_device_name(device)} at {imgsz} px ({why})")
     return b
