@@ -1,6 +1,7 @@
 """The CUDA paths, on a machine with a GPU (every test here is marked gpu and skipped without CUDA): AutoBatch,
 AMP training and its checkpoints, a CUDA run resumed, single-GPU DDP over NCCL with SyncBatchNorm, the DataParallel
-wrapper, FP16 detection and validation against the CPU's FP32, and FP16 TorchScript/ONNX export.
+wrapper, FP16 detection and validation and the hub API's AMP against the CPU's FP32, and FP16 TorchScript/ONNX
+export.
 benchmarks/cuda_check.sh runs them, then the scripts themselves with --device 0."""
 
 import shutil
@@ -118,6 +119,21 @@ def test_fp16_detect_matches_cpu_fp32(tmp_path):
     cpu = detect_labels(SHIPPED, tmp_path, "cpu", device="cpu")
     gpu = detect_labels(SHIPPED, tmp_path, "gpu", device="0", half=True)
     assert_close_detections(cpu, gpu, box_tol=0.004, conf_tol=0.02)
+
+
+def test_hub_api_on_cuda_matches_cpu():
+    import hubconf
+
+    def labels(d: torch.Tensor) -> dict:  # xyxyn rows (x1, y1, x2, y2, conf, cls) as detect_labels' (cls, xywh, conf)
+        d = d.cpu().float()
+        return {"im": torch.cat((d[:, 5:6], (d[:, :2] + d[:, 2:4]) / 2, d[:, 2:4] - d[:, :2], d[:, 4:5]), 1).numpy()}
+
+    files = sorted(str(f) for f in (ROOT / "data" / "images").glob("*.jpg"))
+    cpu = hubconf.custom(path=SHIPPED, device="cpu", _verbose=False)(files).xyxyn
+    gpu_model = hubconf.custom(path=SHIPPED, device=0, _verbose=False)  # AutoShape: AMP autocast on CUDA
+    assert next(gpu_model.parameters()).is_cuda
+    for c, g in zip(cpu, gpu_model(files).xyxyn):
+        assert_close_detections(labels(c), labels(g), box_tol=0.004, conf_tol=0.02)
 
 
 def test_fp16_val_matches_cpu_fp32(shapes_val, tmp_path):
