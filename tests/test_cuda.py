@@ -130,10 +130,12 @@ def test_hub_api_on_cuda_matches_cpu():
 
     files = sorted(str(f) for f in (ROOT / "data" / "images").glob("*.jpg"))
     cpu = hubconf.custom(path=SHIPPED, device="cpu", _verbose=False)(files).xyxyn
-    gpu_model = hubconf.custom(path=SHIPPED, device=0, _verbose=False)  # AutoShape: AMP autocast on CUDA
+    gpu_model = hubconf.custom(path=SHIPPED, device=0, _verbose=False)
     assert next(gpu_model.parameters()).is_cuda
-    for c, g in zip(cpu, gpu_model(files).xyxyn):
-        assert_close_detections(labels(c), labels(g), box_tol=0.004, conf_tol=0.02)
+    for amp in (False, True):  # AutoShape.amp (off by default, as in YOLOv5): fp16 autocast on CUDA
+        gpu_model.amp = amp
+        for c, g in zip(cpu, gpu_model(files).xyxyn):
+            assert_close_detections(labels(c), labels(g), box_tol=0.004, conf_tol=0.02)
 
 
 def test_fp16_val_matches_cpu_fp32(shapes_val, tmp_path):
