@@ -32,8 +32,9 @@ def test_fit_stays_below_the_first_size_that_ran_out_of_memory():
 
 
 @pytest.mark.parametrize("used, budget, expect, words", [
-    ([None], 10 * GIB, 16, "too few batch sizes ran (0 of 1)"),
-    ([GIB, None], 10 * GIB, 16, "too few batch sizes ran (1 of 2)"),
+    ([None], 10 * GIB, 1, "batch 1 already ran out of memory"),
+    ([GIB, None], 10 * GIB, 1, "batch 2 already ran out of memory"),
+    ([GIB], 10 * GIB, 16, "too few batch sizes ran (1 of 1)"),
     ([GIB] * 5, 10 * GIB, 16, "does not grow"),
     (linear(20 * GIB, GIB), 10 * GIB, 16, "the model alone needs more than the budget of 10.0 GiB"),
     (linear(0, 1e6), 100 * GIB, LARGEST, f"capped at {LARGEST}"),

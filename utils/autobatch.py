@@ -26,6 +26,8 @@ def fit_batch_size(sizes: Sequence[int], used: Sequence[Optional[float]], budget
     ok = [(b, m) for b, m in zip(sizes, used) if m is not None]
     failed = [b for b, m in zip(sizes, used) if m is None]
     if len(ok) < 2:
+        if failed:  # out of memory at batch 1 or 2: the default would be too
+            return (ok[-1][0] if ok else 1), f"batch {failed[0]} already ran out of memory"
         return default, f"too few batch sizes ran ({len(ok)} of {len(sizes)}) to fit memory per image"
     slope, intercept = np.polyfit([b for b, _ in ok], [m for _, m in ok], 1)
     if slope <= 0:
