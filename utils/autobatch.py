@@ -3,8 +3,9 @@
 YOLOv5's procedure and numbers: train steps at batch 1, 2, 4, 8 and 16 measure the device memory each needs, a
 straight line through those points is solved for `fraction` (0.8) of the memory available to this process (free
 on the device, so a shared GPU's other users are left theirs), and the result is kept below the first batch size
-that ran out of memory. Anything the line cannot answer (a device without CUDA, memory that does not grow with
-the batch, an answer outside 1..1024) falls back to `default` (or the cap) with one line saying why.
+that ran out of memory. Where the line cannot answer, one line says why: without CUDA, with memory that does not
+grow with the batch or a model that alone exceeds the budget, `default`; above 1024, 1024; out of memory already
+at batch 1 or 2, the largest size that ran (1 if none did).
 """
 
 from copy import deepcopy
