@@ -49,7 +49,7 @@ from models.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.autobatch import auto_batch_size  # noqa: E402
 from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_autocast, cpu_bf16_status,  # noqa: E402
-                               de_parallel, init_seeds, select_device, torch_distributed_zero_first)
+                               cuda_ids, de_parallel, init_seeds, select_device, torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -490,7 +490,7 @@ def data_parallel_ids(opt, device) -> list:
     it names several, else none."""
     if device.type != "cuda" or RANK != -1:
         return []
-    ids = [int(x) for x in str(opt.device).lower().replace("cuda:", "").replace(" ", "").split(",") if x.isdigit()]
+    ids = cuda_ids(opt.device)
     return ids if len(ids) > 1 else []
 
 

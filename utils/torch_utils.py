@@ -22,9 +22,19 @@ RANK = int(os.getenv("RANK", -1))
 WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
 
 
+def _device_spec(device) -> str:
+    return str(device).strip().lower().replace("cuda:", "").replace("none", "")
+
+
+def cuda_ids(device) -> list:
+    """The CUDA indices a --device string names ('0', '0,1', 'cuda:0, 1'); [] for '', 'cpu' and 'mps'."""
+    spec = _device_spec(device)
+    return [] if spec in ("cpu", "mps") else [int(x) for x in spec.replace(" ", "").split(",") if x.isdigit()]
+
+
 def select_device(device: str = "", batch_size: int = 0) -> torch.device:
     """Parse '' / 'cpu' / 'mps' / '0' / '0,1' into a torch.device, with a clear error for unavailable GPUs."""
-    spec = str(device).strip().lower().replace("cuda:", "").replace("none", "")
+    spec = _device_spec(device)
     if spec in ("cpu", "mps"):
         if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ValueError("--device mps: Apple MPS is not available on this machine; use --device cpu")
