@@ -2,6 +2,7 @@
 val.py give the same detections on every exported file, fused == unfused, and missing packages cost one line."""
 
 import json
+import statistics
 import subprocess
 import sys
 from copy import deepcopy
@@ -222,11 +223,11 @@ torch.set_num_threads(1)
 model = models.yolo.DetectionModel("yolov5n.yaml").eval().fuse()
 im = torch.zeros(1, 3, 640, 640)
 with torch.inference_mode():
-    for i in range(6):  # one result alive at a time, as in detect.py's loop
-        if i == 3:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for i in range(10):  # one result alive at a time, as in detect.py's loop
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(im)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        if i >= 3:  # the first forwards grow the heap to its working size
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
@@ -235,14 +236,16 @@ def test_fused_cpu_forwards_reuse_memory_without_page_faults():
     """At 640, glibc would map yolov5n's large activations fresh on every forward (thousands of page faults, ~20 %
     of the time); after the scripts' keep_freed_memory() the next forwards reuse freed memory."""
     def faults(mode):
+        """The median page-fault count of forwards 4-10: a late one-off heap growth (seen once in CI: 2,092 faults
+        in forwards 4-6 after keep_freed_memory; here such growth ends by forward 3) does not move it."""
         out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout
-        return int(out.split()[-1])
+        return statistics.median(int(n) for n in out.split())
 
     # Untuned, glibc's adaptive threshold now and then settles by chance (two tries were not always enough under
-    # load): any of three tries shows the problem exists here.
-    assert any(faults("untuned") > 4000 for _ in range(3))
-    assert faults("tuned") < 1000
+    # load): any of three tries shows the problem exists here. Measured: untuned 4,250-5,850 per forward, tuned 0.
+    assert any(faults("untuned") > 2000 for _ in range(3))
+    assert faults("tuned") < 200
 
 
 def test_malloc_tuning_is_linux_only(monkeypatch):
