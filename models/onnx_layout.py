@@ -13,9 +13,14 @@ AVX-512 (8 with AVX2). A tensor it cannot keep blocked is copied to plain NCHW a
 
 Measured on yolov5n_shuffle_cpu (AMD EPYC Zen 4, 2 threads, batch 1, one interleaved run): ONNX Runtime 0.87x ->
 0.77x yolov5n's latency at 640 and 0.82x -> 0.74x at 320 (README "Which model should I use?"). The outputs stay the
-same up to float rounding. Not done, because it measured slower: passing a shuffle output through a 1x1 identity conv
-so that its sum with a blocked tensor (models/experiments/yolov5n_shuffle_cpu_addp3.yaml's P3 node) runs blocked too
-(0.65x -> 0.68x yolov5n at 640).
+same up to float rounding. Not done, because they measured slower:
+- passing a shuffle output through a 1x1 identity conv so that its sum with a blocked tensor
+  (models/experiments/yolov5n_shuffle_cpu_addp3.yaml's P3 node) runs blocked too (0.65x -> 0.68x yolov5n at 640);
+- computing a 3x3 conv of a 2x nearest upsample at the low resolution (Zen 4, 640, untrained yolov5n_shuffle_cpu,
+  interleaved against yolov5n): as one ConvTranspose (4x4, stride 2, pad 1, weights summed per output phase; 55 %
+  fewer multiply-adds, exact) 0.80x -> 0.82x, since ONNX Runtime runs ConvTranspose unblocked and the Add after it
+  no longer folds into a conv; as four 2x2 convs (one per output phase) + Concat + DepthToSpace 0.83x -> 0.84x: the
+  four convs took 1.3 ms where the 3x3 took 2.8, but DepthToSpace alone 0.9 ms.
 """
 
 from __future__ import annotations
