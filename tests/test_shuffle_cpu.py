@@ -22,6 +22,8 @@ PAN96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_pa
 # a 48-channel PAN, and a 48-channel P3 node only
 NARROW_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_{s}.yaml")
                       for s in ("pan48", "p3w48")]
+# the stem at 16 and at 32 channels instead of 24
+STEM_WIDTH_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_stem{c}.yaml") for c in (16, 32)]
 
 
 def fused_copy(model):
@@ -115,7 +117,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS)
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -160,6 +162,21 @@ def test_narrow_pans_change_only_the_head_convs_and_detect():
     shapes = [{(int(k.split(".")[1]), k): v.shape for k, v in m.state_dict().items()} for m in (base, pan, p3)]
     assert sorted({k[0] for k, v in shapes[0].items() if shapes[1][k] != v}) == [10, 13, 14, 16, 17, 19, 20]
     assert sorted({k[0] for k, v in shapes[0].items() if shapes[2][k] != v}) == [13, 14, 20]
+
+
+def test_stem_width_experiments_change_only_the_stem_and_its_readers():
+    """stem16/stem32: yolov5n_shuffle_cpu with 16 / 32 stem filters; only layer 0 and the first unit's two convs that
+    read the stem change shape, everything after is the same tensors."""
+    base = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=5)
+    shapes = [{k: v.shape for k, v in m.state_dict().items()}
+              for m in [base] + [DetectionModel(cfg, nc=5) for cfg in STEM_WIDTH_EXPERIMENTS]]
+    for width, other in zip((16, 32), shapes[1:]):
+        assert other.keys() == shapes[0].keys()
+        changed = sorted(k for k, v in other.items() if v != shapes[0][k])
+        assert {k.split(".")[1] for k in changed} == {"0", "1"}, changed
+        assert other["model.0.conv.0.weight"] == (width, 3, 3, 3) and shapes[0]["model.0.conv.0.weight"][0] == 24
+        readers = [k for k in changed if k.startswith("model.1.") and k.endswith("conv.weight")]
+        assert len(readers) == 2 and all(other[k][1] == width for k in readers), readers
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
