@@ -166,7 +166,7 @@ def test_narrow_pans_change_only_the_head_convs_and_detect():
 
 def test_stem_width_experiments_change_only_the_stem_and_its_readers():
     """stem16/stem32: yolov5n_shuffle_cpu with 16 / 32 stem filters; only layer 0 and the first unit's two convs that
-    read the stem change shape, everything after is the same tensors."""
+    read the stem change shape; every later tensor keeps its shape."""
     base = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=5)
     shapes = [{k: v.shape for k, v in m.state_dict().items()}
               for m in [base] + [DetectionModel(cfg, nc=5) for cfg in STEM_WIDTH_EXPERIMENTS]]
