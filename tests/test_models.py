@@ -159,6 +159,27 @@ def test_fused_matches_unfused(cfg):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
 
 
+def test_fuse_keeps_a_half_model_half():
+    """benchmarks.py --half makes the model FP16 before fuse(): the folded convs (bias included) must stay FP16, or
+    the first conv fails with 'Input type (c10::Half) and bias type (float)' (seen on CUDA). The folding itself
+    is done in float32, so the FP16 model matches the FP32 one within FP16's precision."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=8)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 64, 64))
+    model.eval()
+    ref = deepcopy(model).fuse(verbose=False)
+    half = model.half().fuse(verbose=False)
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out, ref = half(x.half())[0].float(), ref(x)[0]
+    torch.testing.assert_close(out[..., 4:], ref[..., 4:], rtol=0, atol=0.01)  # scores
+    torch.testing.assert_close(out[..., :4], ref[..., :4], rtol=0.01, atol=0.1)  # boxes, pixels of a 64 px image
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 32, 48), (1, 3, 2, 2), (1, 4, 7, 10), (1, 4, 10, 9)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_stem_max_pool_equals_torch(shape, channels_last):

@@ -39,10 +39,7 @@ def _candidates(x: torch.Tensor, nc: int, conf_thres: float, multi_label: bool) 
 
 
 def _nms_indices(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
-    """torchvision NMS, upcasting dtypes its kernels lack (half on CPU, bfloat16 anywhere)."""
-    native = boxes.dtype in (torch.float32, torch.float64) or (boxes.dtype == torch.float16 and boxes.is_cuda)
-    if not native:
-        boxes, scores = boxes.float(), scores.float()
+    """torchvision NMS of float32 or float64 boxes (non_max_suppression widens fp16 and bf16 before the offset)."""
     return torchvision.ops.nms(boxes, scores, iou_thres)
 
 
@@ -99,8 +96,11 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
         if not x.shape[0]:
             continue
         x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
-        offset = x[:, 5:6] * (0 if agnostic else MAX_WH)
-        keep = _first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)
+        # The class offset reaches nc * MAX_WH, where fp16 steps by 32 px and bf16 by 256: offset in float32 (or
+        # float64), or overlapping boxes of the high classes would both survive.
+        wide = torch.promote_types(x.dtype, torch.float32)
+        offset = x[:, 5:6].to(wide) * (0 if agnostic else MAX_WH)
+        keep = _first_kept(x[:, :4].to(wide) + offset, x[:, 4].to(wide), iou_thres, max_det)
         output[xi] = x[keep].to(device)
         if (time.time() - t) > time_limit:
             LOGGER.warning(f"WARNING: NMS time limit {time_limit:.3f}s exceeded; "

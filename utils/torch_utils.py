@@ -223,14 +223,19 @@ def copy_attr(a, b, include=(), exclude=()) -> None:
 
 
 def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A new Conv2d (with bias) equal to bn(conv(x)) in eval mode: w' = w·γ/σ, b' = (b − μ)·γ/σ + β."""
+    """A new Conv2d (with bias) equal to bn(conv(x)) in eval mode: w' = w·γ/σ, b' = (b − μ)·γ/σ + β.
+    Computed in float32 (at least) and stored in the conv's own dtype and device, so a model made FP16 before
+    fuse() stays FP16 (the new bias too)."""
+    w = conv.weight
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode).requires_grad_(False).to(conv.weight.device)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # γ/σ per output channel
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                      padding_mode=conv.padding_mode).requires_grad_(False).to(w.device, w.dtype)
+    wide = torch.promote_types(w.dtype, torch.float32)
+    mean, var, gamma, beta = (t.detach().to(wide) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    scale = gamma / torch.sqrt(var + bn.eps)  # γ/σ per output channel
+    fused.weight.copy_(w.detach().to(wide) * scale.view(-1, 1, 1, 1))
+    bias = conv.bias.detach().to(wide) if conv.bias is not None else torch.zeros_like(mean)
+    fused.bias.copy_((bias - mean) * scale + beta)
     return fused
 
 
