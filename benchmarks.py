@@ -147,6 +147,11 @@ def map_header(b: str) -> str:
     return "mAP50-95" if b == "pytorch" else f"{BACKENDS[b]} mAP50-95"
 
 
+def gflops_cell(gflops) -> str:
+    """A GFLOPs table cell: '-' where thop is not installed (model_info then has no count)."""
+    return f"{gflops:.2f}" if gflops else "-"
+
+
 def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
     """The markdown table: one row per model (ms keyed by (row index, backend)), then a ratio row per stock/shuffle
     pair, and a ratio row int8 / fp32 per model when both of a runtime ran."""
@@ -155,7 +160,7 @@ def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     labels = row_labels(rows)
     for i, (r, name) in enumerate(zip(rows, labels)):
-        cells = [name, f"{r['params']:,}", f"{r['gflops']:.2f}"]
+        cells = [name, f"{r['params']:,}", gflops_cell(r["gflops"])]
         cells += [f"{ms[(i, b)]:.1f}" if (i, b) in ms else "-" for b in backends]
         out.append("| " + " | ".join(cells + [r.get("map", {}).get(b, "-") for b in map_backends]) + " |")
     index = {name: i for i, name in enumerate(labels)}
@@ -164,7 +169,8 @@ def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
         if stock != name and stock in index:
             j = index[stock]
             cells = [f"ratio {name} / {stock}", "%.2f" % (rows[i]["params"] / rows[j]["params"]),
-                     "%.2f" % (rows[i]["gflops"] / rows[j]["gflops"])]
+                     "%.2f" % (rows[i]["gflops"] / rows[j]["gflops"]) if rows[i]["gflops"] and rows[j]["gflops"]
+                     else "-"]
             cells += ["%.2f" % (ms[(i, b)] / ms[(j, b)]) if (i, b) in ms and (j, b) in ms else "-" for b in backends]
             out.append("| " + " | ".join(cells + ["-"] * len(map_backends)) + " |")
     for i, name in enumerate(labels):
@@ -190,7 +196,7 @@ def collect(cfg, weights, data, imgsz: int, backends: list, tmp: Path, trust: bo
         config, model = load_unfused(src, trust)
         _, n_p, _, gflops = model_info(model, imgsz=imgsz)
         model = model.to(device).half() if half else model.to(device)
-        rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops or 0.0, "map": {}})
+        rows.append({"config": config, "source": str(src), "params": n_p, "gflops": gflops, "map": {}})
         row_runners, files = build_runners(model, im, backends, tmp / str(i), calib, int8_reduce_range)
         rows[-1]["onnx_files"] = {b: files[b] for b in ("onnx", "onnx_int8") if b in row_runners}
         if data and src in weights:

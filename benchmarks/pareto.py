@@ -131,7 +131,7 @@ def table(points: list, opt: argparse.Namespace) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
         trained = f"{p['train_s']:.0f}" if p["img"] == p["trained_img"] else f"({p['train_s']:.0f}, at {p['trained_img']})"
-        cells = [label(p), str(p["img"]), f"{p.get('params', 0):,}", f"{p.get('gflops', 0) or 0:.2f}"]
+        cells = [label(p), str(p["img"]), f"{p.get('params', 0):,}", bench.gflops_cell(p.get("gflops"))]
         cells += [f"{p.get(k, {}).get(b, float('nan')):.1f}" for k in ("ms", "ms_big") for b in opt.backends]
         out.append("| " + " | ".join(cells + [trained, f"{p['map50']:.3f}", f"{p['map']:.3f}"]) + " |")
     for p in points:
@@ -139,7 +139,7 @@ def table(points: list, opt: argparse.Namespace) -> str:
         if q is None:
             continue
         cells = [f"{label(p)} / {q['config']}", "", f"{p.get('params', 0) / max(q.get('params', 1), 1):.2f}",
-                 f"{(p.get('gflops') or 0) / max(q.get('gflops') or 1e-9, 1e-9):.2f}"]
+                 f"{p['gflops'] / q['gflops']:.2f}" if p.get("gflops") and q.get("gflops") else "-"]
         cells += [f"{p[k][b] / q[k][b]:.2f}" if b in p.get(k, {}) and b in q.get(k, {}) else "-"
                   for k in ("ms", "ms_big") for b in opt.backends]
         cells += [f"{p['train_s'] / q['train_s']:.2f}", f"{p['map50'] - q['map50']:+.3f}", f"{p['map'] - q['map']:+.3f}"]

@@ -357,6 +357,16 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
     assert float(ratio[4]) == pytest.approx(float(shuffle[4]) / float(stock[4]), abs=0.1)
 
 
+def test_benchmarks_table_without_thop_shows_dashes_for_gflops():
+    """thop (GFLOPs) may be missing, as on a GPU machine's own image: the table says '-' instead of failing on a
+    division by zero in the ratio row (seen with benchmarks.py --device 0)."""
+    rows = [{"config": c, "source": f"{c}.yaml", "params": p, "gflops": None} for c, p in
+            (("yolov5n", 1000), ("yolov5n_shuffle", 500))]
+    lines = benchmarks.table(rows, {(0, "pytorch"): 4.0, (1, "pytorch"): 3.0}, ["pytorch"], []).splitlines()
+    assert lines[2:] == ["| yolov5n | 1,000 | - | 4.0 |", "| yolov5n_shuffle | 500 | - | 3.0 |",
+                         "| ratio yolov5n_shuffle / yolov5n | 0.50 | - | 0.75 |"]
+
+
 def test_benchmarks_device_and_half_are_checked_before_anything_runs(monkeypatch):
     with pytest.raises(ValueError, match="--half needs a CUDA device"):
         benchmarks.run(cfg=["yolov5n.yaml"], backends=["pytorch"], half=True)
