@@ -154,7 +154,7 @@ def gflops_cell(gflops) -> str:
 
 def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
     """The markdown table: one row per model (ms keyed by (row index, backend)), then a ratio row per stock/shuffle
-    pair, and a ratio row int8 / fp32 per model when both of a runtime ran."""
+    pair (every yolov5X_shuffle* row against yolov5X), and a ratio row int8 / fp32 per model when both of a runtime ran."""
     head = ["model", "params", "GFLOPs"] + [f"{BACKENDS[b]} ms" for b in backends] + [map_header(b) for b in
                                                                                        map_backends]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -165,7 +165,7 @@ def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
         out.append("| " + " | ".join(cells + [r.get("map", {}).get(b, "-") for b in map_backends]) + " |")
     index = {name: i for i, name in enumerate(labels)}
     for i, name in enumerate(labels):
-        stock = name.replace("_shuffle", "")
+        stock = name.split("_shuffle")[0]  # yolov5n_shuffle, yolov5n_shuffle_cpu, ...: against yolov5n
         if stock != name and stock in index:
             j = index[stock]
             cells = [f"ratio {name} / {stock}", "%.2f" % (rows[i]["params"] / rows[j]["params"]),

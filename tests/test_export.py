@@ -359,12 +359,16 @@ def test_benchmarks_table_has_every_backend_ratio_rows_and_map(dynamic_exports, 
 
 def test_benchmarks_table_without_thop_shows_dashes_for_gflops():
     """thop (GFLOPs) may be missing, as on a GPU machine's own image: the table says '-' instead of failing on a
-    division by zero in the ratio row (seen with benchmarks.py --device 0)."""
+    division by zero in the ratio row (seen with benchmarks.py --device 0). Every *_shuffle* config gets a ratio
+    row against its stock scale."""
     rows = [{"config": c, "source": f"{c}.yaml", "params": p, "gflops": None} for c, p in
-            (("yolov5n", 1000), ("yolov5n_shuffle", 500))]
-    lines = benchmarks.table(rows, {(0, "pytorch"): 4.0, (1, "pytorch"): 3.0}, ["pytorch"], []).splitlines()
+            (("yolov5n", 1000), ("yolov5n_shuffle", 500), ("yolov5n_shuffle_cpu", 600), ("yolov5s_shuffle_cpu", 2000))]
+    ms = {(0, "pytorch"): 4.0, (1, "pytorch"): 3.0, (2, "pytorch"): 2.0, (3, "pytorch"): 5.0}
+    lines = benchmarks.table(rows, ms, ["pytorch"], []).splitlines()
     assert lines[2:] == ["| yolov5n | 1,000 | - | 4.0 |", "| yolov5n_shuffle | 500 | - | 3.0 |",
-                         "| ratio yolov5n_shuffle / yolov5n | 0.50 | - | 0.75 |"]
+                         "| yolov5n_shuffle_cpu | 600 | - | 2.0 |", "| yolov5s_shuffle_cpu | 2,000 | - | 5.0 |",
+                         "| ratio yolov5n_shuffle / yolov5n | 0.50 | - | 0.75 |",
+                         "| ratio yolov5n_shuffle_cpu / yolov5n | 0.60 | - | 0.50 |"]
 
 
 def test_benchmarks_device_and_half_are_checked_before_anything_runs(monkeypatch):
