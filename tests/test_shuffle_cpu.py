@@ -24,6 +24,8 @@ NARROW_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cp
                       for s in ("pan48", "p3w48")]
 # the stem at 16 and at 32 channels instead of 24
 STEM_WIDTH_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_stem{c}.yaml") for c in (16, 32)]
+# the s scale's top-down path at 128 channels, paid for by two fewer units in the 192-channel stage
+TD128_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td128.yaml")
 
 
 def fused_copy(model):
@@ -117,7 +119,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS)
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD128_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -177,6 +179,20 @@ def test_stem_width_experiments_change_only_the_stem_and_its_readers():
         assert other["model.0.conv.0.weight"] == (width, 3, 3, 3) and shapes[0]["model.0.conv.0.weight"][0] == 24
         readers = [k for k in changed if k.startswith("model.1.") and k.endswith("conv.weight")]
         assert len(readers) == 2 and all(other[k][1] == width for k in readers), readers
+
+
+def test_s_td128_experiment_widens_top_down_and_drops_two_units():
+    """td128: yolov5s_shuffle_cpu with the P5 1x1 and the P4 top-down node at 128 channels (so the P3 node reads
+    128 + 96) and 3 stride-1 units instead of 5 in the 192-channel stage; everything else keeps its shape."""
+    base, td = DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5), DetectionModel(TD128_EXPERIMENT, nc=5)
+    assert (len(base.model[4]), len(td.model[4])) == (5, 3)
+    assert [td.model[i].conv.out_channels for i in (7, 10, 13)] == [128, 128, 96]
+    assert [base.model[i].conv.out_channels for i in (7, 10, 13)] == [96, 96, 96]
+    assert td.model[13].conv.in_channels == 128 + 96 and td.model[16].conv.in_channels == 96 + 128
+    assert [c.in_channels for c in td.model[-1].m] == [c.in_channels for c in base.model[-1].m] == [96, 128, 192]
+    shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("model.4.")} for m in (base, td)]
+    assert sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]}) == ["10", "13", "16",
+                                                                                             "19", "7"]
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
