@@ -24,8 +24,8 @@ NARROW_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cp
                       for s in ("pan48", "p3w48")]
 # the stem at 16 and at 32 channels instead of 24
 STEM_WIDTH_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_stem{c}.yaml") for c in (16, 32)]
-# the s scale's top-down path at 128 channels, paid for by two fewer units in the 192-channel stage
-TD128_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td128.yaml")
+# the second s design: a 96-channel top-down path and 5 units in the 192-channel stage
+TD96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td96.yaml")
 
 
 def fused_copy(model):
@@ -119,7 +119,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD128_EXPERIMENT])
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD96_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -141,9 +141,9 @@ def test_config_builds_fuses_and_matches(cfg):
     assert not any(hasattr(m, "bn") for m in fused_copy(model).modules() if type(m).__name__ == "Conv")
 
 
-def test_s_pan_widens_bottom_up_over_the_first_design():
-    """yolov5s_shuffle_cpu is the PAN-96 design with its bottom-up P4 and P5 nodes at 128 and 192 channels."""
-    new, old = DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5), DetectionModel(PAN96_EXPERIMENT, nc=5)
+def test_s_second_design_widens_bottom_up_over_the_first():
+    """td96 (the second s design) is the PAN-96 design with its bottom-up P4 and P5 nodes at 128 and 192 channels."""
+    new, old = DetectionModel(TD96_EXPERIMENT, nc=5), DetectionModel(PAN96_EXPERIMENT, nc=5)
     assert [c.in_channels for c in new.model[-1].m] == [96, 128, 192]
     assert [c.in_channels for c in old.model[-1].m] == [96, 96, 96]
     shapes = [{(int(k.split(".")[1]), k): v.shape for k, v in m.state_dict().items()} for m in (new, old)]
@@ -181,10 +181,11 @@ def test_stem_width_experiments_change_only_the_stem_and_its_readers():
         assert len(readers) == 2 and all(other[k][1] == width for k in readers), readers
 
 
-def test_s_td128_experiment_widens_top_down_and_drops_two_units():
-    """td128: yolov5s_shuffle_cpu with the P5 1x1 and the P4 top-down node at 128 channels (so the P3 node reads
-    128 + 96) and 3 stride-1 units instead of 5 in the 192-channel stage; everything else keeps its shape."""
-    base, td = DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5), DetectionModel(TD128_EXPERIMENT, nc=5)
+def test_s_widens_top_down_and_drops_two_units_over_the_second_design():
+    """yolov5s_shuffle_cpu is td96 (the second s design) with the P5 1x1 and the P4 top-down node at 128 channels
+    (so the P3 node reads 128 + 96) and 3 stride-1 units instead of 5 in the 192-channel stage; everything else
+    keeps its shape."""
+    base, td = DetectionModel(TD96_EXPERIMENT, nc=5), DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5)
     assert (len(base.model[4]), len(td.model[4])) == (5, 3)
     assert [td.model[i].conv.out_channels for i in (7, 10, 13)] == [128, 128, 96]
     assert [base.model[i].conv.out_channels for i in (7, 10, 13)] == [96, 96, 96]
@@ -195,9 +196,9 @@ def test_s_td128_experiment_widens_top_down_and_drops_two_units():
                                                                                              "19", "7"]
 
 
-@pytest.mark.parametrize("cfg", ["yolov5n_shuffle_cpu.yaml", ADD_EXPERIMENT])
-def test_n_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
-    """export.py on the n-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
+@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT])
+def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
+    """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
     from detect_helpers import save_own
     from inference.backends import DetectMultiBackend
