@@ -196,6 +196,15 @@ def test_s_widens_top_down_and_drops_two_units_over_the_second_design():
                                                                                              "19", "7"]
 
 
+def test_td128_experiment_is_the_adopted_s_design():
+    """experiments/yolov5s_shuffle_cpu_td128.yaml, which the README's training commands name, is yolov5s_shuffle_cpu
+    layer for layer."""
+    import yaml
+    a, b = (yaml.safe_load(Path(f).read_text()) for f in (ROOT / "models" / "yolov5s_shuffle_cpu.yaml",
+                                                          ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td128.yaml"))
+    assert a == b
+
+
 @pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT])
 def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
     """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
