@@ -26,6 +26,8 @@ NARROW_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cp
 STEM_WIDTH_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffle_cpu_stem{c}.yaml") for c in (16, 32)]
 # the second s design: a 96-channel top-down path and 5 units in the 192-channel stage
 TD96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td96.yaml")
+# the n scale's bottom-up PAN widened (96 at P4, 128 at P5), paid for by two fewer units in the 128-channel stage
+BU_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bu.yaml")
 
 
 def fused_copy(model):
@@ -119,7 +121,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD96_EXPERIMENT])
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD96_EXPERIMENT, BU_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -194,6 +196,19 @@ def test_s_widens_top_down_and_drops_two_units_over_the_second_design():
     shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("model.4.")} for m in (base, td)]
     assert sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]}) == ["10", "13", "16",
                                                                                              "19", "7"]
+
+
+def test_n_bu_experiment_widens_bottom_up_and_drops_two_units():
+    """bu: yolov5n_shuffle_cpu with the P4 node and the stride-2 conv after it at 96 channels and the P5 node at 128,
+    and 1 stride-1 unit instead of 3 in the 128-channel stage; the top-down path and the P3 node keep their shapes."""
+    base, bu = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=5), DetectionModel(BU_EXPERIMENT, nc=5)
+    assert [sum(isinstance(u, ShuffleUnit) for u in m.model[4].modules()) for m in (base, bu)] == [3, 1]
+    assert [bu.model[i].conv.out_channels for i in (13, 16, 17, 19)] == [64, 96, 96, 128]
+    assert bu.model[19].conv.in_channels == 96 + 64
+    assert [c.in_channels for c in bu.model[-1].m] == [64, 96, 128]
+    shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("model.4.")} for m in (base, bu)]
+    assert sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]}) == ["16", "17", "19",
+                                                                                             "20"]
 
 
 def test_td128_experiment_is_the_adopted_s_design():
