@@ -154,7 +154,8 @@ def gflops_cell(gflops) -> str:
 
 def table(rows: list, ms: dict, backends: list, map_backends: list) -> str:
     """The markdown table: one row per model (ms keyed by (row index, backend)), then a ratio row per stock/shuffle
-    pair (every yolov5X_shuffle* row against yolov5X), and a ratio row int8 / fp32 per model when both of a runtime ran."""
+    pair (every yolov5X_shuffle* row against yolov5X), and a ratio row int8 / fp32 per model when both of a runtime
+    ran."""
     head = ["model", "params", "GFLOPs"] + [f"{BACKENDS[b]} ms" for b in backends] + [map_header(b) for b in
                                                                                        map_backends]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

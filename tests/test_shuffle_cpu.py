@@ -121,7 +121,8 @@ def test_dwsep_conv_shapes_and_fuse():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
-                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS + [TD96_EXPERIMENT, BU_EXPERIMENT])
+                         STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS +
+                         [TD96_EXPERIMENT, BU_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -215,8 +216,9 @@ def test_td128_experiment_is_the_adopted_s_design():
     """experiments/yolov5s_shuffle_cpu_td128.yaml, which the README's training commands name, is yolov5s_shuffle_cpu
     layer for layer."""
     import yaml
-    a, b = (yaml.safe_load(Path(f).read_text()) for f in (ROOT / "models" / "yolov5s_shuffle_cpu.yaml",
-                                                          ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td128.yaml"))
+    models = ROOT / "models"
+    files = (models / "yolov5s_shuffle_cpu.yaml", models / "experiments" / "yolov5s_shuffle_cpu_td128.yaml")
+    a, b = (yaml.safe_load(Path(f).read_text()) for f in files)
     assert a == b
 
 
