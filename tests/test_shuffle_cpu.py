@@ -30,6 +30,17 @@ TD96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td9
 BU_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bu.yaml")
 
 
+def units(model, i: int) -> int:
+    """How many ShuffleUnits layer i of a model holds (one row of the yaml, any repeat count)."""
+    return sum(isinstance(u, ShuffleUnit) for u in model.model[i].modules())
+
+
+def changed_layers(a, b, skip: int) -> list:
+    """Layer indices (as strings, sorted) whose tensors differ in shape between two models, layer `skip` left out."""
+    shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith(f"model.{skip}.")} for m in (a, b)]
+    return sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]})
+
+
 def fused_copy(model):
     from copy import deepcopy
     return deepcopy(model).eval().fuse()
@@ -189,27 +200,23 @@ def test_s_widens_top_down_and_drops_two_units_over_the_second_design():
     (so the P3 node reads 128 + 96) and 3 stride-1 units instead of 5 in the 192-channel stage; everything else
     keeps its shape."""
     base, td = DetectionModel(TD96_EXPERIMENT, nc=5), DetectionModel("yolov5s_shuffle_cpu.yaml", nc=5)
-    assert (len(base.model[4]), len(td.model[4])) == (5, 3)
+    assert (units(base, 4), units(td, 4)) == (5, 3)
     assert [td.model[i].conv.out_channels for i in (7, 10, 13)] == [128, 128, 96]
     assert [base.model[i].conv.out_channels for i in (7, 10, 13)] == [96, 96, 96]
     assert td.model[13].conv.in_channels == 128 + 96 and td.model[16].conv.in_channels == 96 + 128
     assert [c.in_channels for c in td.model[-1].m] == [c.in_channels for c in base.model[-1].m] == [96, 128, 192]
-    shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("model.4.")} for m in (base, td)]
-    assert sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]}) == ["10", "13", "16",
-                                                                                             "19", "7"]
+    assert changed_layers(base, td, skip=4) == ["10", "13", "16", "19", "7"]
 
 
 def test_n_bu_experiment_widens_bottom_up_and_drops_two_units():
     """bu: yolov5n_shuffle_cpu with the P4 node and the stride-2 conv after it at 96 channels and the P5 node at 128,
     and 1 stride-1 unit instead of 3 in the 128-channel stage; the top-down path and the P3 node keep their shapes."""
     base, bu = DetectionModel("yolov5n_shuffle_cpu.yaml", nc=5), DetectionModel(BU_EXPERIMENT, nc=5)
-    assert [sum(isinstance(u, ShuffleUnit) for u in m.model[4].modules()) for m in (base, bu)] == [3, 1]
+    assert (units(base, 4), units(bu, 4)) == (3, 1)
     assert [bu.model[i].conv.out_channels for i in (13, 16, 17, 19)] == [64, 96, 96, 128]
     assert bu.model[19].conv.in_channels == 96 + 64
     assert [c.in_channels for c in bu.model[-1].m] == [64, 96, 128]
-    shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("model.4.")} for m in (base, bu)]
-    assert sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]}) == ["16", "17", "19",
-                                                                                             "20"]
+    assert changed_layers(base, bu, skip=4) == ["16", "17", "19", "20"]
 
 
 def test_td128_experiment_is_the_adopted_s_design():
