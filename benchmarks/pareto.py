@@ -42,15 +42,21 @@ DEFAULT_CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml", "yolov5n_shuffle_cpu.yam
 QUICK = {"cfg": ["yolov5n.yaml", "yolov5n_shuffle_cpu.yaml"], "epochs": 3, "runs": 5, "smaller": [256]}
 
 
+def train_command(cfg: str, opt: argparse.Namespace, project: Path, name: str) -> list:
+    """train.py's command line for one config with the recipe in opt (also benchmarks/seeds.py's)."""
+    return ([sys.executable, str(ROOT / "train.py"), "--cfg", cfg, "--data", opt.data, "--img", str(opt.img),
+             "--epochs", str(opt.epochs), "--batch", str(opt.batch), "--seed", str(opt.seed),
+             "--optimizer", opt.optimizer, "--workers", str(opt.workers), "--project", str(project),
+             "--name", name, "--exist-ok"] + (["--hyp", opt.hyp] if opt.hyp else []) +
+            (["--device", opt.device] if getattr(opt, "device", "") else []))
+
+
 def train(cfg: str, opt: argparse.Namespace, save_dir: Path) -> dict:
     """Train one config in a child process; -> {'weights', 'train_s', 'log'}. A failed run raises, naming its log."""
     name = Path(cfg).stem
     log = save_dir / "train" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", cfg, "--data", opt.data, "--img", str(opt.img),
-           "--epochs", str(opt.epochs), "--batch", str(opt.batch), "--seed", str(opt.seed),
-           "--optimizer", opt.optimizer, "--workers", str(opt.workers), "--project", str(save_dir / "train"),
-           "--name", name, "--exist-ok"] + (["--hyp", opt.hyp] if opt.hyp else [])
+    cmd = train_command(cfg, opt, save_dir / "train", name)
     LOGGER.info(f"pareto: training {cfg} ({opt.epochs} epochs at {opt.img}), log {log}")
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -63,10 +69,10 @@ def train(cfg: str, opt: argparse.Namespace, save_dir: Path) -> dict:
     return {"weights": str(weights), "train_s": seconds, "log": str(log)}
 
 
-def validate(weights: str, data: str, imgsz: int, save_dir: Path) -> tuple:
+def validate(weights: str, data: str, imgsz: int, save_dir: Path, device: str = "") -> tuple:
     """(mAP50, mAP50-95) of a checkpoint on data's val split at imgsz (val.py's defaults otherwise)."""
     import val
-    r = val.run(data=data, weights=weights, imgsz=imgsz, batch_size=16, workers=0, plots=False,
+    r = val.run(data=data, weights=weights, imgsz=imgsz, batch_size=16, workers=0, plots=False, device=device,
                 project=save_dir / "val", name=f"{Path(weights).parents[1].name}_{imgsz}", exist_ok=True)[0]
     return float(r[2]), float(r[3])
 

@@ -28,6 +28,8 @@ STEM_WIDTH_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5n_shuffl
 TD96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td96.yaml")
 # the n scale's bottom-up PAN widened (96 at P4, 128 at P5), paid for by two fewer units in the 128-channel stage
 BU_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bu.yaml")
+# bu with an FPN-style P3 node: a 3x3 on the backbone's P3 plus the top-down node's 1x1, upsampled
+BUFPN_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn.yaml")
 
 
 def units(model, i: int) -> int:
@@ -133,7 +135,7 @@ def test_dwsep_conv_shapes_and_fuse():
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
                          STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS +
-                         [TD96_EXPERIMENT, BU_EXPERIMENT])
+                         [TD96_EXPERIMENT, BU_EXPERIMENT, BUFPN_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -219,6 +221,33 @@ def test_n_bu_experiment_widens_bottom_up_and_drops_two_units():
     assert changed_layers(base, bu, skip=4) == ["16", "17", "19", "20"]
 
 
+def test_n_bufpn_experiment_sums_a_lateral_3x3_and_an_upsampled_1x1_at_p3():
+    """bufpn: bu with its P3 node (a 3x3 conv over the concat of the upsampled top-down node and the backbone's P3)
+    replaced by the sum of a 3x3 conv on the backbone's P3 and the top-down node's 1x1 conv, upsampled; the
+    backbone, the top-down P4 node, the bottom-up path and Detect keep bu's shapes. The P3 output at a 640 input
+    is 80x80 and depends on both the backbone's P3 and the top-down path."""
+    bu, fpn = DetectionModel(BU_EXPERIMENT, nc=5), DetectionModel(BUFPN_EXPERIMENT, nc=5)
+    one_by_one, lateral, add = fpn.model[11], fpn.model[13], fpn.model[14]
+    assert isinstance(add, Add) and add.f == [-1, 12] and lateral.f == 2 and fpn.model[12].f == -1
+    assert (one_by_one.conv.kernel_size, one_by_one.conv.in_channels, one_by_one.conv.out_channels) == ((1, 1), 64, 64)
+    assert (lateral.conv.kernel_size, lateral.conv.in_channels, lateral.conv.out_channels) == ((3, 3), 64, 64)
+    assert bu.model[13].conv.in_channels == 128  # the concat it replaces
+    shapes = [[v.shape for k, v in m.state_dict().items() if int(k.split(".")[1]) < i]
+              for m, i in ((bu, 11), (fpn, 11))]
+    assert shapes[0] == shapes[1]  # backbone, P5 1x1 and the top-down P4 node
+    assert [c.in_channels for c in fpn.model[-1].m] == [c.in_channels for c in bu.model[-1].m] == [64, 96, 128]
+    assert [fpn.model[i].conv.out_channels for i in (15, 17, 18, 20)] == [64, 96, 96, 128]
+    seen = {}
+    hooks = [fpn.model[i].register_forward_hook(lambda m, x, y, i=i: seen.__setitem__(i, y)) for i in (2, 10, 14)]
+    fpn.eval()(torch.rand(1, 3, 640, 640))
+    for h in hooks:
+        h.remove()
+    assert seen[14].shape == (1, 64, 80, 80) and seen[10].shape == (1, 64, 40, 40) and seen[2].shape[-1] == 80
+    with torch.inference_mode():  # the sum, recomputed from its two inputs
+        want = lateral(seen[2]) + torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
+    torch.testing.assert_close(seen[14], want)
+
+
 def test_td128_experiment_is_the_adopted_s_design():
     """experiments/yolov5s_shuffle_cpu_td128.yaml, which the README's training commands name, is yolov5s_shuffle_cpu
     layer for layer."""
@@ -229,7 +258,7 @@ def test_td128_experiment_is_the_adopted_s_design():
     assert a == b
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT])
+@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT])
 def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
     """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
@@ -283,3 +312,42 @@ def test_pareto_refuses_bad_flags_before_training(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
     proc = subprocess.run(cmd[:2] + ["--backends", "tensorrt"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and "tensorrt" in proc.stderr
+
+
+def test_seeds_trains_every_config_at_every_seed_and_reports_failures(tmp_path):
+    """benchmarks/seeds.py: 3 configs x 2 seeds, 3 at a time; one config cannot build, so its runs fail, are marked
+    and named, and the others still train, validate and enter the table and the differences row."""
+    from test_export import make_dataset
+    data = make_dataset(tmp_path / "data", n=4)
+    bad = write_yaml(tmp_path / "broken.yaml", {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0,
+                                                "anchors": [[10, 13, 16, 30, 33, 23]] * 3,
+                                                "backbone": [[-1, 1, "NoSuchBlock", [16]]], "head": []})
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--cfg", "yolov5n.yaml", "yolov5n_shuffle_cpu.yaml",
+           str(bad), "--seeds", "0", "1", "--parallel", "3", "--data", str(data), "--img", "64", "--epochs", "1",
+           "--batch", "4", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "s"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "2 of 6 runs failed: broken seed 0" in last and "broken_seed1.log" in last
+    out = tmp_path / "runs" / "s"
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["config"], r["seed"]) for r in runs] == [(c, s) for s in (0, 1) for c in ("yolov5n",
+                                                                                         "yolov5n_shuffle_cpu", "broken")]
+    good = {(r["config"], r["seed"]): r for r in runs if "error" not in r}
+    assert len(good) == 4 and all(0 <= r["map"] <= r["map50"] <= 1 and Path(r["weights"]).is_file()
+                                  for r in good.values())
+    assert "NoSuchBlock" in (out / "train" / "broken_seed0.log").read_text()
+    md = (out / "seeds.md").read_text()
+    assert "| broken | failed | failed | - | - | - | - |" in md
+    diffs = [good["yolov5n_shuffle_cpu", s]["map"] - good["yolov5n", s]["map"] for s in (0, 1)]
+    assert (f"| yolov5n_shuffle_cpu - yolov5n | {diffs[0]:+.3f} | {diffs[1]:+.3f} | {sum(diffs) / 2:+.3f} | "
+            f"{min(diffs):+.3f} |") in md
+
+
+def test_seeds_refuses_bad_flags_before_training(tmp_path):
+    base = [sys.executable, str(ROOT / "benchmarks" / "seeds.py"), "--project", str(tmp_path)]
+    for extra, words in ((["--cfg", "nope.yaml"], "nope.yaml"),
+                         (["--cfg", "yolov5n.yaml", "--seeds", "1", "1"], "a seed given twice"),
+                         (["--cfg", "yolov5n.yaml", "--parallel", "0"], "--parallel 0")):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 1 and words in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not any(tmp_path.iterdir())  # nothing written
