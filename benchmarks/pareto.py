@@ -232,6 +232,12 @@ def check(opt: argparse.Namespace) -> None:
         raise ValueError(f"--epochs {opt.epochs} / --img {opt.img}: need at least 1 epoch and 32 px")
 
 
+def recipe_text(opt: argparse.Namespace) -> str:
+    """'shapes.yaml: 36 epochs at 320, batch 16, --optimizer AdamW, --hyp hyp.adamw-short.yaml' (tables' headers)."""
+    return (f"{Path(opt.data).name}: {opt.epochs} epochs at {opt.img}, batch {opt.batch}, --optimizer {opt.optimizer}, "
+            f"--hyp {Path(opt.hyp).name if opt.hyp else 'default'}")
+
+
 def main(opt: argparse.Namespace) -> str:
     set_logging(verbose=True)
     keep_freed_memory()
@@ -244,8 +250,7 @@ def main(opt: argparse.Namespace) -> str:
         measure_latency(points, opt, Path(tmp))
         load1 = os.getloadavg()
     md = table(points, opt)
-    header = (f"{Path(opt.data).name}: {opt.epochs} epochs at {opt.img}, batch {opt.batch}, --optimizer "
-              f"{opt.optimizer}, --hyp {Path(opt.hyp).name if opt.hyp else 'default'}, seed {opt.seed}. Latency: batch 1, "
+    header = (f"{recipe_text(opt)}, seed {opt.seed}. Latency: batch 1, "
               f"{torch.get_num_threads()} threads, median of {opt.runs}, torch {torch.__version__}, {cpu_description()}; "
               f"load average {load0[0]:.2f} before timing, {load1[0]:.2f} after.")
     text = f"{header}\n\n{md}\n"

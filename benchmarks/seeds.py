@@ -138,10 +138,8 @@ def main(opt: argparse.Namespace) -> str:
     (save_dir / "train").mkdir(parents=True)
     runs = train_all(opt, save_dir)
     md = table(runs, opt)
-    header = (f"{Path(opt.data).name}: {opt.epochs} epochs at {opt.img}, batch {opt.batch}, --optimizer "
-              f"{opt.optimizer}, --hyp {Path(opt.hyp).name if opt.hyp else 'default'}, seeds "
-              f"{' '.join(map(str, opt.seeds))}, device {opt.device or 'default'}, {opt.parallel} at a time. "
-              f"mAP50-95 on the val split at {opt.img}.")
+    header = (f"{pareto.recipe_text(opt)}, seeds {' '.join(map(str, opt.seeds))}, device {opt.device or 'default'}, "
+              f"{opt.parallel} at a time. mAP50-95 on the val split at {opt.img}.")
     text = f"{header}\n\n{md}\n"
     (save_dir / "seeds.md").write_text(text)
     (save_dir / "results.json").write_text(json.dumps({"opt": vars(opt), "runs": runs}, indent=1))

@@ -30,7 +30,8 @@ MODULES = {c.__name__: c for c in (Conv, DWConv, Bottleneck, C3, SPP, SPPF, Focu
                                    DWSepConv, ShuffleNetV2_InvertedResidual, ShuffleUnit)}
 MODULES.update({"Shuffle_Block": ShuffleNetV2_InvertedResidual, "conv_bn_relu_maxpool": Conv_maxpool,
                 "nn.Upsample": nn.Upsample, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.ConvTranspose2d": nn.ConvTranspose2d,
-                "nn.Identity": nn.Identity, "nn.MaxPool2d": nn.MaxPool2d})
+                "nn.Identity": nn.Identity, "nn.MaxPool2d": nn.MaxPool2d,
+                "nn.Hardswish": nn.Hardswish, "nn.ReLU": nn.ReLU, "nn.SiLU": nn.SiLU})  # the last three: after an Add
 # Channel rules of torch.nn classes (our own blocks carry a `channel_rule` attribute).
 NN_CHANNEL_RULES = {nn.BatchNorm2d: "bn", nn.ConvTranspose2d: "conv"}
 REQUIRED_KEYS = ("nc", "anchors", "backbone", "head")

@@ -57,7 +57,7 @@ def test_single_image_files_log_and_txt_format(weights, images, tmp_path):
         assert len(vals) == 6 and all(v == "%g" % float(v) for v in vals), line  # YOLOv5's '%g ' format
         assert vals[0] in ("0", "1", "2") and all(0 <= float(v) <= 1 for v in vals[1:])
     per_image = [m for m in log if m.startswith("image 1/1 ")]
-    assert re.fullmatch(rf"image 1/1 .*im0\.png: 64x64 (\d+ (circle|square|star)s?, )+\d+\.\dms", per_image[0])
+    assert re.fullmatch(r"image 1/1 .*im0\.png: 64x64 (\d+ (circle|square|star)s?, )+\d+\.\dms", per_image[0])
     assert any(m.startswith("Speed: ") and "per image at shape (1, 3, 64, 64)" in m for m in log)
     assert any(m.startswith("Results saved to") and "1 labels saved to" in m for m in log)
 

@@ -245,6 +245,23 @@ def test_unknown_module_lists_known_ones(tmp_path):
         DetectionModel(f)
 
 
+@pytest.mark.parametrize("name, fn", [("nn.Hardswish", torch.nn.functional.hardswish),
+                                      ("nn.ReLU", torch.nn.functional.relu), ("nn.SiLU", torch.nn.functional.silu)])
+def test_activation_row_applies_to_the_layer_before(tmp_path, name, fn):
+    """A standalone activation row (for after an Add) keeps the width and applies its function to its input."""
+    d = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[10, 13, 16, 30, 33, 23]] * 3,
+         "backbone": [[-1, 1, "Conv", [16, 3, 2, None, 1, 1, False]], [-1, 1, name, []]],
+         "head": [[[1, 1, 1], 1, "Detect", ["nc", "anchors"]]]}
+    model = DetectionModel(write_yaml(tmp_path / "act.yaml", d)).eval()
+    assert model.model[-1].m[0].in_channels == 16
+    x = torch.rand(1, 3, 64, 64) * 4 - 2
+    with torch.inference_mode():
+        linear = model.model[0](x)
+        want = fn(linear)  # first: the model's activations may work in place, as YOLOv5's do
+        assert linear.min() < 0  # so that every one of these functions changes something
+        torch.testing.assert_close(model.model[1](linear), want)
+
+
 def test_stride1_shuffle_row_with_changed_channels(tmp_path):
     f = _shuffle_cfg(tmp_path, lambda c: c["backbone"][2].__setitem__(3, [200, 1]))
     with pytest.raises(ValueError, match=r"custom.yaml, layer 2 .*inp=32, oup=56, stride=1"):

@@ -30,6 +30,10 @@ TD96_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5s_shuffle_cpu_td9
 BU_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bu.yaml")
 # bu with an FPN-style P3 node: a 3x3 on the backbone's P3 plus the top-down node's 1x1, upsampled
 BUFPN_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn.yaml")
+# bufpn with linear P3 convs and one activation after their sum
+BUFPN_ACT_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_act.yaml")
+# bufpn with 2 stride-1 units in the 128-channel stage instead of 1
+BUFPN_U2_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_u2.yaml")
 
 
 def units(model, i: int) -> int:
@@ -135,7 +139,8 @@ def test_dwsep_conv_shapes_and_fuse():
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
                          STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS +
-                         [TD96_EXPERIMENT, BU_EXPERIMENT, BUFPN_EXPERIMENT])
+                         [TD96_EXPERIMENT, BU_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT,
+                          BUFPN_U2_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -243,9 +248,33 @@ def test_n_bufpn_experiment_sums_a_lateral_3x3_and_an_upsampled_1x1_at_p3():
     for h in hooks:
         h.remove()
     assert seen[14].shape == (1, 64, 80, 80) and seen[10].shape == (1, 64, 40, 40) and seen[2].shape[-1] == 80
+    u2 = DetectionModel(BUFPN_U2_EXPERIMENT, nc=5)
+    assert (units(fpn, 4), units(u2, 4)) == (1, 2) and changed_layers(fpn, u2, skip=4) == []
     with torch.inference_mode():  # the sum, recomputed from its two inputs
         want = lateral(seen[2]) + torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
     torch.testing.assert_close(seen[14], want)
+
+
+def test_n_bufpn_act_experiment_activates_the_sum_of_two_linear_convs():
+    """bufpn_act: bufpn whose two P3 convs are linear (BN kept, no activation), followed by an `nn.Hardswish` row
+    after their sum; every tensor keeps bufpn's shape, layers after the sum move up by one."""
+    fpn, act = DetectionModel(BUFPN_EXPERIMENT, nc=5), DetectionModel(BUFPN_ACT_EXPERIMENT, nc=5)
+    one_by_one, lateral, add, hswish = (act.model[i] for i in (11, 13, 14, 15))
+    assert isinstance(one_by_one.act, torch.nn.Identity) and isinstance(lateral.act, torch.nn.Identity)
+    assert isinstance(fpn.model[11].act, torch.nn.Hardswish) and isinstance(fpn.model[13].act, torch.nn.Hardswish)
+    assert isinstance(add, Add) and add.f == [-1, 12] and isinstance(hswish, torch.nn.Hardswish) and hswish.f == -1
+    assert act.model[-1].f == [15, 18, 21] and fpn.model[-1].f == [14, 17, 20]
+    assert [v.shape for v in act.state_dict().values()] == [v.shape for v in fpn.state_dict().values()]
+    seen = {}
+    hooks = [act.model[i].register_forward_hook(lambda m, x, y, i=i: seen.__setitem__(i, y)) for i in (2, 10, 15)]
+    act.eval()(torch.rand(1, 3, 128, 128))
+    for h in hooks:
+        h.remove()
+    with torch.inference_mode():
+        up = torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
+        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    assert seen[15].shape == (1, 64, 16, 16) and seen[15].min() < 0  # H-Swish dips below 0; a ReLU would not
+    torch.testing.assert_close(seen[15], want)
 
 
 def test_td128_experiment_is_the_adopted_s_design():
@@ -258,7 +287,7 @@ def test_td128_experiment_is_the_adopted_s_design():
     assert a == b
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT])
+@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT])
 def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
     """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
@@ -330,8 +359,8 @@ def test_seeds_trains_every_config_at_every_seed_and_reports_failures(tmp_path):
     assert proc.returncode == 1 and "2 of 6 runs failed: broken seed 0" in last and "broken_seed1.log" in last
     out = tmp_path / "runs" / "s"
     runs = json.loads((out / "results.json").read_text())["runs"]
-    assert [(r["config"], r["seed"]) for r in runs] == [(c, s) for s in (0, 1) for c in ("yolov5n",
-                                                                                         "yolov5n_shuffle_cpu", "broken")]
+    configs = ("yolov5n", "yolov5n_shuffle_cpu", "broken")
+    assert [(r["config"], r["seed"]) for r in runs] == [(c, s) for s in (0, 1) for c in configs]
     good = {(r["config"], r["seed"]): r for r in runs if "error" not in r}
     assert len(good) == 4 and all(0 <= r["map"] <= r["map50"] <= 1 and Path(r["weights"]).is_file()
                                   for r in good.values())
