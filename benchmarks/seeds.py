@@ -77,15 +77,15 @@ def train_all(opt: argparse.Namespace, save_dir: Path) -> list:
             r["log"] = str(save_dir / "train" / f"{name}.log")
             cmd = pareto.train_command(r["cfg"], _with_seed(opt, r["seed"]), save_dir / "train", name)
             LOGGER.info(f"seeds: training {r['cfg']} at seed {r['seed']}, log {r['log']}")
-            r["_f"] = open(r["log"], "w")
-            r["_p"], r["_t0"] = subprocess.Popen(cmd, stdout=r["_f"], stderr=subprocess.STDOUT, cwd=ROOT), time.time()
-            running.append(r)
+            log = open(r["log"], "w")
+            running.append((r, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log, time.time()))
         time.sleep(1)
-        for r in [r for r in running if r["_p"].poll() is not None]:
-            running.remove(r)
-            r["train_s"] = time.time() - r.pop("_t0")
-            r.pop("_f").close()
-            rc = r.pop("_p").returncode
+        for job in [job for job in running if job[1].poll() is not None]:
+            running.remove(job)
+            r, proc, log, t0 = job
+            r["train_s"] = time.time() - t0
+            log.close()
+            rc = proc.returncode
             weights = save_dir / "train" / Path(r["log"]).stem / "weights" / "best.pt"
             if rc != 0 or not weights.is_file():
                 r["error"] = f"exit {rc}"

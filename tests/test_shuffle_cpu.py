@@ -47,6 +47,16 @@ def changed_layers(a, b, skip: int) -> list:
     return sorted({k.split(".")[1] for k in shapes[0] if shapes[1].get(k) != shapes[0][k]})
 
 
+def layer_outputs(model, layers, x) -> dict:
+    """{i: output of layer i} for one eval forward of x."""
+    seen = {}
+    hooks = [model.model[i].register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, out)) for i in layers]
+    model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
 def fused_copy(model):
     from copy import deepcopy
     return deepcopy(model).eval().fuse()
@@ -237,16 +247,11 @@ def test_n_bufpn_experiment_sums_a_lateral_3x3_and_an_upsampled_1x1_at_p3():
     assert (one_by_one.conv.kernel_size, one_by_one.conv.in_channels, one_by_one.conv.out_channels) == ((1, 1), 64, 64)
     assert (lateral.conv.kernel_size, lateral.conv.in_channels, lateral.conv.out_channels) == ((3, 3), 64, 64)
     assert bu.model[13].conv.in_channels == 128  # the concat it replaces
-    shapes = [[v.shape for k, v in m.state_dict().items() if int(k.split(".")[1]) < i]
-              for m, i in ((bu, 11), (fpn, 11))]
+    shapes = [[v.shape for k, v in m.state_dict().items() if int(k.split(".")[1]) < 11] for m in (bu, fpn)]
     assert shapes[0] == shapes[1]  # backbone, P5 1x1 and the top-down P4 node
     assert [c.in_channels for c in fpn.model[-1].m] == [c.in_channels for c in bu.model[-1].m] == [64, 96, 128]
     assert [fpn.model[i].conv.out_channels for i in (15, 17, 18, 20)] == [64, 96, 96, 128]
-    seen = {}
-    hooks = [fpn.model[i].register_forward_hook(lambda m, x, y, i=i: seen.__setitem__(i, y)) for i in (2, 10, 14)]
-    fpn.eval()(torch.rand(1, 3, 640, 640))
-    for h in hooks:
-        h.remove()
+    seen = layer_outputs(fpn, (2, 10, 14), torch.rand(1, 3, 640, 640))
     assert seen[14].shape == (1, 64, 80, 80) and seen[10].shape == (1, 64, 40, 40) and seen[2].shape[-1] == 80
     u2 = DetectionModel(BUFPN_U2_EXPERIMENT, nc=5)
     assert (units(fpn, 4), units(u2, 4)) == (1, 2) and changed_layers(fpn, u2, skip=4) == []
@@ -265,11 +270,7 @@ def test_n_bufpn_act_experiment_activates_the_sum_of_two_linear_convs():
     assert isinstance(add, Add) and add.f == [-1, 12] and isinstance(hswish, torch.nn.Hardswish) and hswish.f == -1
     assert act.model[-1].f == [15, 18, 21] and fpn.model[-1].f == [14, 17, 20]
     assert [v.shape for v in act.state_dict().values()] == [v.shape for v in fpn.state_dict().values()]
-    seen = {}
-    hooks = [act.model[i].register_forward_hook(lambda m, x, y, i=i: seen.__setitem__(i, y)) for i in (2, 10, 15)]
-    act.eval()(torch.rand(1, 3, 128, 128))
-    for h in hooks:
-        h.remove()
+    seen = layer_outputs(act, (2, 10, 15), torch.rand(1, 3, 128, 128))
     with torch.inference_mode():
         up = torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
         want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
