@@ -113,3 +113,44 @@ def test_train_sides_change_the_training_images_only(tiny, tmp_path):
         with pytest.raises(ValueError, match=r"train_sides .*MIN <= MAX, MIN at least 40 px"):
             generate_shapes_dataset(tmp_path / "bad", n_train=1, n_val=1, train_sides=bad)
     assert not (tmp_path / "bad").exists()
+
+
+def test_min_object_and_clutter_options(monkeypatch):
+    """shapes-clean's knobs: no box narrower than half of min_object (shapes may be cut by the border by up to 40 %),
+    and clutter=False never draws distractors while the default draws them on most images."""
+    import utils.synthetic as synthetic
+
+    calls = []
+    real = synthetic._clutter
+    monkeypatch.setattr(synthetic, "_clutter", lambda img, rng: (calls.append(1), real(img, rng)))
+    narrow = {}
+    for min_object, clutter in ((10, True), (24, False)):
+        calls.clear()
+        sides = []
+        for i in range(60):
+            _, labels = render_image(np.random.default_rng([0, 0, i]), 480, 400, min_object=min_object,
+                                     clutter=clutter)
+            sides += np.minimum(labels[:, 3] * 480, labels[:, 4] * 400).tolist()
+        narrow[min_object] = min(sides)
+        assert (len(calls) > 30) if clutter else not calls
+    assert narrow[10] < 12 <= narrow[24]
+
+
+def test_shapes_clean_yaml_and_its_refusals(tmp_path):
+    """shapes-clean.yaml generates its own splits with the clean options (its comment's command says the same); a
+    min_object the images cannot hold is refused before anything is written."""
+    clean = yaml_load(ROOT / "data" / "shapes-clean.yaml")
+    assert clean["names"] == yaml_load(ROOT / "data" / "shapes.yaml")["names"]
+    assert "n_train=600, n_val=150, seed=0, min_object=24, clutter=False" in clean["download"]
+    comment = (ROOT / "data" / "shapes-clean.yaml").read_text()
+    assert "--train 600 --val 150 --min-object 24 --no-clutter" in comment
+    a = _files(generate_shapes_dataset(tmp_path / "a", n_train=1, n_val=2, seed=0, workers=1))
+    b = _files(generate_shapes_dataset(tmp_path / "b", n_train=1, n_val=2, seed=0, workers=1, min_object=24,
+                                       clutter=False))
+    assert a.keys() == b.keys() and all(a[k] != b[k] for k in a if k.suffix == ".jpg")
+    for bad in (9, 81):
+        with pytest.raises(ValueError, match=r"min_object .*: give 10-80 px"):
+            generate_shapes_dataset(tmp_path / "bad", n_train=1, n_val=1, min_object=bad)
+    with pytest.raises(ValueError, match=r"min_object 30: give 10-25 px"):
+        generate_shapes_dataset(tmp_path / "bad", n_train=1, n_val=1, min_object=30, train_sides=(100, 200))
+    assert not (tmp_path / "bad").exists()

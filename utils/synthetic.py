@@ -151,8 +151,9 @@ def _clutter(img: np.ndarray, rng: np.random.Generator) -> None:
         cv2.fillPoly(img, [pts.astype(np.int32)], tuple(float(v) for v in _colour(rng)), cv2.LINE_AA)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) float32 background: gradient, smooth noise or texture, with optional clutter."""
+def _background(rng: np.random.Generator, h: int, w: int, clutter: bool = True) -> np.ndarray:
+    """(h, w, 3) float32 background: gradient, smooth noise or texture, with clutter on 70 % of them (none when
+    `clutter` is False; the random stream is the same either way up to the clutter itself)."""
     kind = rng.integers(0, 4)
     c1, c2 = _colour(rng), _colour(rng)
     if kind == 0:
@@ -164,7 +165,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     else:
         img = 0.5 * _smooth_noise(rng, h, w) + 0.5 * (c1 + (c2 - c1) * _ramp(rng, h, w))
     img = np.ascontiguousarray(img, dtype=np.float32)
-    if rng.random() < 0.7:
+    if rng.random() < 0.7 and clutter:
         _clutter(img, rng)
     return img
 
@@ -201,26 +202,28 @@ def _place(img: np.ndarray, mask: np.ndarray, radius: float, rng: np.random.Gene
     return box
 
 
-def _object_sizes(rng: np.random.Generator, h: int, w: int) -> list:
-    """Object radii: log-uniform from MIN_OBJECT px to most of the image, at most one very large object."""
+def _object_sizes(rng: np.random.Generator, h: int, w: int, min_object: int = MIN_OBJECT) -> list:
+    """Object radii: log-uniform from min_object px to most of the image, at most one very large object."""
     if rng.random() < EMPTY_FRACTION:
         return []
     hi = 0.9 * min(h, w)
-    sizes = np.exp(rng.uniform(math.log(MIN_OBJECT), math.log(hi), int(rng.integers(1, 12))))
+    sizes = np.exp(rng.uniform(math.log(min_object), math.log(hi), int(rng.integers(1, 12))))
     big = np.nonzero(sizes > 0.45 * min(h, w))[0][1:]  # keep one big object, shrink the others
-    sizes[big] = rng.uniform(MIN_OBJECT, 0.3 * min(h, w), len(big))
+    sizes[big] = rng.uniform(min_object, 0.3 * min(h, w), len(big))
     return sorted((sizes / 2).tolist(), reverse=True)  # big ones first: they are the hardest to fit
 
 
-def render_image(rng: np.random.Generator, w: int, h: int, debug: bool = False):
+def render_image(rng: np.random.Generator, w: int, h: int, debug: bool = False, min_object: int = MIN_OBJECT,
+                 clutter: bool = True):
     """Draw one image -> (BGR uint8 (h, w, 3), labels float (n, 5) [cls, x, y, w, h] normalised).
 
-    With debug, also returns the background alone and the image before global noise/blur (for tests).
+    `min_object` is the smallest object side drawn (px); `clutter=False` leaves out the distractors (lines, dots,
+    blobs). With debug, also returns the background alone and the image before global noise/blur (for tests).
     """
-    img = _background(rng, h, w)
+    img = _background(rng, h, w, clutter)
     background = img.copy() if debug else None
     boxes, labels = [], []
-    for radius in _object_sizes(rng, h, w):
+    for radius in _object_sizes(rng, h, w, min_object):
         cls = int(rng.integers(0, len(CLASSES)))
         mask = _shape_mask(CLASSES[cls], radius, rng)
         for _ in range(30):
@@ -243,12 +246,12 @@ def render_image(rng: np.random.Generator, w: int, h: int, debug: bool = False):
 # ---------------------------------------------------------------- writing the dataset
 def _write_one(job: tuple) -> None:
     """Render and write image i of a split (its own RNG stream, so any worker order gives the same bytes)."""
-    root, split, split_id, i, seed, sides = job
+    root, split, split_id, i, seed, sides, min_object, clutter = job
     rng = np.random.default_rng([seed, split_id, i])
     w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
     if rng.random() < 0.25:
         h = w
-    img, labels = render_image(rng, w, h)
+    img, labels = render_image(rng, w, h, min_object=min_object, clutter=clutter)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 96))])
     name = f"{split}_{i:05d}"
     (root / "images" / split / f"{name}.jpg").write_bytes(buf.tobytes())
@@ -271,11 +274,12 @@ def _move_into(tmp: Path, root: Path, splits: tuple) -> None:
 
 
 def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int = 0, workers: int = 0,
-                            train_sides: tuple = SIDES) -> Path:
+                            train_sides: tuple = SIDES, min_object: int = MIN_OBJECT, clutter: bool = True) -> Path:
     """Write the shapes dataset under `root` (images/{train,val}, labels/{train,val}); returns root.
 
     `train_sides` is the (min, max) px range of the training images' width and height; the val split always uses
-    SIDES, so datasets that differ only in their training images share the same val images.
+    SIDES, so datasets that differ only in their training images share the same val images. `min_object` (px) and
+    `clutter` change both splits (a different, easier task: see data/shapes-clean.yaml).
 
     The splits are built in a temporary sibling folder and moved into place at the end, so an interrupted run
     never leaves a half-written dataset behind.
@@ -283,6 +287,9 @@ def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int
     lo, hi = (int(v) for v in train_sides)
     if not 4 * MIN_OBJECT <= lo <= hi:
         raise ValueError(f"train_sides {tuple(train_sides)}: give MIN <= MAX, MIN at least {4 * MIN_OBJECT} px")
+    if not MIN_OBJECT <= min_object <= min(lo, SIDES[0]) // 4:
+        raise ValueError(f"min_object {min_object}: give {MIN_OBJECT}-{min(lo, SIDES[0]) // 4} px (at most a quarter "
+                         f"of the smallest image side)")
     root = Path(root).resolve()
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -291,7 +298,8 @@ def generate_shapes_dataset(root, n_train: int = 360, n_val: int = 80, seed: int
         (tmp / "images" / split).mkdir(parents=True)
         (tmp / "labels" / split).mkdir(parents=True)
     sides = {"train": (lo, hi), "val": SIDES}
-    jobs = [(tmp, split, sid, i, seed, sides[split]) for split, sid, n in splits for i in range(n)]
+    jobs = [(tmp, split, sid, i, seed, sides[split], int(min_object), bool(clutter))
+            for split, sid, n in splits for i in range(n)]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 16:
         with Pool(workers) as pool:
@@ -329,12 +337,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-sides", type=int, nargs=2, default=SIDES, metavar=("MIN", "MAX"),
                         help="px range of the training images' width and height")
+    parser.add_argument("--min-object", type=int, default=MIN_OBJECT, help="smallest object side drawn, px")
+    parser.add_argument("--no-clutter", action="store_true", help="no distractor lines, dots and blobs")
     parser.add_argument("--samples", action="store_true", help="rewrite the sample images in data/images instead")
     opt = parser.parse_args()
     if opt.samples:
         print("\n".join(map(str, write_sample_images())))
     else:
-        print(generate_shapes_dataset(opt.out, opt.train, opt.val, opt.seed, train_sides=opt.train_sides))
+        try:
+            print(generate_shapes_dataset(opt.out, opt.train, opt.val, opt.seed, train_sides=opt.train_sides,
+                                          min_object=opt.min_object, clutter=not opt.no_clutter))
+        except ValueError as e:
+            parser.error(str(e))
 
 
 if __name__ == "__main__":
