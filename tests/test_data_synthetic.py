@@ -154,3 +154,17 @@ def test_shapes_clean_yaml_and_its_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"min_object 30: give 10-25 px"):
         generate_shapes_dataset(tmp_path / "bad", n_train=1, n_val=1, min_object=30, train_sides=(100, 200))
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_refuses_bad_sizes_in_one_line(tmp_path):
+    """`python utils/synthetic.py` ends a bad --min-object or --train-sides with one usage error, writing nothing."""
+    import subprocess
+    import sys
+
+    for args in (["--min-object", "5"], ["--train-sides", "20", "640"]):
+        r = subprocess.run([sys.executable, str(ROOT / "utils" / "synthetic.py"), "--out", str(tmp_path / "x"), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("synthetic.py: error: ")
+        assert ("min_object 5" if args[0] == "--min-object" else "train_sides (20, 640)") in r.stderr
+    assert not (tmp_path / "x").exists()
