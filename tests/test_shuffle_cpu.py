@@ -32,6 +32,8 @@ BU_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bu.ya
 BUFPN_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn.yaml")
 # bufpn with linear P3 convs and one activation after their sum
 BUFPN_ACT_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_act.yaml")
+# bufpn_act with a 3x3 instead of the 1x1 on the top-down node before the upsample
+BUFPN_K3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_k3.yaml")
 # bufpn with 2 stride-1 units in the 128-channel stage instead of 1
 BUFPN_U2_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_u2.yaml")
 
@@ -150,7 +152,7 @@ def test_dwsep_conv_shapes_and_fuse():
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
                          STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS +
                          [TD96_EXPERIMENT, BU_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT,
-                          BUFPN_U2_EXPERIMENT])
+                          BUFPN_K3_EXPERIMENT, BUFPN_U2_EXPERIMENT])
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -278,6 +280,28 @@ def test_n_bufpn_act_experiment_activates_the_sum_of_two_linear_convs():
     torch.testing.assert_close(seen[15], want)
 
 
+def test_n_bufpn_k3_experiment_gives_the_top_down_input_a_3x3_before_the_upsample():
+    """bufpn_k3: bufpn_act whose linear conv on the top-down node (row 11, before the upsample) is 3x3 instead of 1x1;
+    every other tensor keeps bufpn_act's shape, and the P3 output is still the activation of the sum."""
+    act, k3 = DetectionModel(BUFPN_ACT_EXPERIMENT, nc=5), DetectionModel(BUFPN_K3_EXPERIMENT, nc=5)
+    top_down, lateral = k3.model[11], k3.model[13]
+    assert top_down.conv.kernel_size == (3, 3) and act.model[11].conv.kernel_size == (1, 1)
+    assert (top_down.conv.in_channels, top_down.conv.out_channels) == (64, 64) and top_down.f == -1
+    assert isinstance(top_down.act, torch.nn.Identity) and isinstance(k3.model[15], torch.nn.Hardswish)
+    assert changed_layers(act, k3, skip=-1) == ["11"]
+    seen = layer_outputs(k3, (2, 10, 15), torch.rand(1, 3, 128, 128))
+    with torch.inference_mode():
+        up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
+        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    torch.testing.assert_close(seen[15], want)
+    with torch.inference_mode():  # a 3x3 sees its neighbours: one input pixel moves the outputs next to it only
+        x = seen[10].clone()
+        base = top_down(x)
+        x[..., 3, 3] += 1.0
+        moved = (top_down(x) - base).abs().sum(1)[0]
+    assert moved[3, 4] > 0 and moved[4, 4] > 0 and moved[3, 5] == 0
+
+
 def test_td128_experiment_is_the_adopted_s_design():
     """experiments/yolov5s_shuffle_cpu_td128.yaml, which the README's training commands name, is yolov5s_shuffle_cpu
     layer for layer."""
@@ -288,7 +312,8 @@ def test_td128_experiment_is_the_adopted_s_design():
     assert a == b
 
 
-@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT])
+@pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT,
+                                 BUFPN_K3_EXPERIMENT])
 def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
     """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
