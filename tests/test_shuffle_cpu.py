@@ -288,7 +288,7 @@ def test_n_bufpn_k3_experiment_gives_the_top_down_input_a_3x3_before_the_upsampl
     assert top_down.conv.kernel_size == (3, 3) and act.model[11].conv.kernel_size == (1, 1)
     assert (top_down.conv.in_channels, top_down.conv.out_channels) == (64, 64) and top_down.f == -1
     assert isinstance(top_down.act, torch.nn.Identity) and isinstance(k3.model[15], torch.nn.Hardswish)
-    assert changed_layers(act, k3, skip=-1) == ["11"]
+    assert changed_layers(act, k3, skip=-1) == ["11"]  # skip=-1: no layer left out
     seen = layer_outputs(k3, (2, 10, 15), torch.rand(1, 3, 128, 128))
     with torch.inference_mode():
         up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
