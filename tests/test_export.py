@@ -219,6 +219,9 @@ import models.yolo
 from utils import torch_utils
 if sys.argv[1] == "tuned":  # what detect.py, val.py and benchmarks.py do first
     torch_utils.keep_freed_memory()
+else:  # the control: glibc's default mmap threshold (128 KiB), pinned so that its adaptive raise cannot happen
+    import ctypes
+    ctypes.CDLL(None).mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
 torch.set_num_threads(1)
 model = models.yolo.DetectionModel("yolov5n.yaml").eval().fuse()
 im = torch.zeros(1, 3, 640, 640)
@@ -242,9 +245,10 @@ def test_fused_cpu_forwards_reuse_memory_without_page_faults():
                              check=True).stdout
         return statistics.median(int(n) for n in out.split())
 
-    # Untuned, glibc's adaptive threshold now and then settles by chance (two tries were not always enough under
-    # load): any of three tries shows the problem exists here. Measured: untuned 4,250-5,850 per forward, tuned 0.
-    assert any(faults("untuned") > 2000 for _ in range(3))
+    # The control pins glibc's default threshold: left alone, glibc raises it by itself now and then, and in one CI
+    # run three untuned tries in a row showed no faults, which says nothing about keep_freed_memory(). Measured here:
+    # pinned default 23,800-24,300 faults per forward, tuned 0 (torch 2.14.1, Zen 4).
+    assert faults("default") > 2000
     assert faults("tuned") < 200
 
 
