@@ -36,6 +36,8 @@ BUFPN_ACT_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cp
 BUFPN_K3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_k3.yaml")
 # bufpn with 2 stride-1 units in the 128-channel stage instead of 1
 BUFPN_U2_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_u2.yaml")
+# yolov5s_shuffle_cpu with bufpn_k3's P3 node; and that with 5 stride-1 units in the 192-channel stage instead of 3
+S_FPN_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5s_shuffle_cpu_fpn_k3{s}.yaml") for s in ("", "_u5")]
 
 
 def units(model, i: int) -> int:
@@ -154,7 +156,7 @@ def test_dwsep_conv_shapes_and_fuse():
 @pytest.mark.parametrize("cfg", CPU_CFGS + [DW_EXPERIMENT, P3_EXPERIMENT, ADD_EXPERIMENT, PAN96_EXPERIMENT] +
                          STEM_EXPERIMENTS + NARROW_EXPERIMENTS + STEM_WIDTH_EXPERIMENTS +
                          [TD96_EXPERIMENT, BU_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT,
-                          BUFPN_K3_EXPERIMENT, BUFPN_U2_EXPERIMENT])
+                          BUFPN_K3_EXPERIMENT, BUFPN_U2_EXPERIMENT] + S_FPN_EXPERIMENTS)
 def test_config_builds_fuses_and_matches(cfg):
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=5)
@@ -302,6 +304,33 @@ def test_n_bufpn_k3_experiment_gives_the_top_down_input_a_3x3_before_the_upsampl
         x[..., 3, 3] += 1.0
         moved = (top_down(x) - base).abs().sum(1)[0]
     assert moved[3, 4] > 0 and moved[4, 4] > 0 and moved[3, 5] == 0
+
+
+def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of_two_linear_3x3s():
+    """s fpn_k3: yolov5s_shuffle_cpu whose P3 node (a 3x3 conv over the concat of the upsampled 128-channel top-down
+    node and the backbone's 96-channel P3) is H-Swish of the sum of a linear 3x3 on the backbone's P3 (96 -> 96) and
+    the upsampled linear 3x3 of the top-down node (128 -> 96, on the 40x40 map at 640); every layer before and after
+    it keeps its shape (two rows later). fpn_k3_u5 is that with 5 stride-1 units instead of 3 in the 192 stage."""
+    td, fpn, u5 = (DetectionModel(cfg, nc=5) for cfg in ["yolov5s_shuffle_cpu.yaml"] + S_FPN_EXPERIMENTS)
+    top_down, lateral, add, hswish = (fpn.model[i] for i in (11, 13, 14, 15))
+    assert td.model[13].conv.in_channels == 128 + 96 and td.model[13].conv.kernel_size == (3, 3)
+    for conv, c_in in ((top_down, 128), (lateral, 96)):
+        assert (conv.conv.kernel_size, conv.conv.in_channels, conv.conv.out_channels) == ((3, 3), c_in, 96)
+        assert isinstance(conv.act, torch.nn.Identity)
+    assert lateral.f == 2 and add.f == [-1, 12] and isinstance(hswish, torch.nn.Hardswish)
+    assert fpn.model[-1].f == [15, 18, 21] and td.model[-1].f == [13, 16, 19]
+
+    def rows(m, keep):
+        return [(int(k.split(".")[1]), v.shape) for k, v in m.state_dict().items() if keep(int(k.split(".")[1]))]
+    assert rows(fpn, lambda i: i <= 10) == rows(td, lambda i: i <= 10)  # backbone and top-down path
+    assert [v for _, v in rows(fpn, lambda i: i >= 16)] == [v for _, v in rows(td, lambda i: i >= 14)]  # bottom-up
+    assert (units(fpn, 4), units(u5, 4)) == (3, 5) and changed_layers(fpn, u5, skip=4) == []
+    seen = layer_outputs(fpn, (2, 10, 15), torch.rand(1, 3, 128, 128))
+    with torch.inference_mode():
+        up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
+        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    assert seen[15].shape == (1, 96, 16, 16)
+    torch.testing.assert_close(seen[15], want)
 
 
 def test_td128_experiment_is_the_adopted_s_design():
