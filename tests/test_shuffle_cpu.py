@@ -36,8 +36,10 @@ BUFPN_ACT_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cp
 BUFPN_K3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_k3.yaml")
 # bufpn with 2 stride-1 units in the 128-channel stage instead of 1
 BUFPN_U2_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_u2.yaml")
-# yolov5s_shuffle_cpu with bufpn_k3's P3 node; and that with 5 stride-1 units in the 192-channel stage instead of 3
-S_FPN_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5s_shuffle_cpu_fpn_k3{s}.yaml") for s in ("", "_u5")]
+# yolov5s_shuffle_cpu with bufpn_k3's P3 node; that with 5 stride-1 units in the 192-channel stage instead of 3; and
+# with the P3 node at 128 channels instead of 96
+S_FPN_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5s_shuffle_cpu_fpn_k3{s}.yaml")
+                     for s in ("", "_u5", "_w128")]
 
 
 def units(model, i: int) -> int:
@@ -310,8 +312,9 @@ def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of
     """s fpn_k3: yolov5s_shuffle_cpu whose P3 node (a 3x3 conv over the concat of the upsampled 128-channel top-down
     node and the backbone's 96-channel P3) is H-Swish of the sum of a linear 3x3 on the backbone's P3 (96 -> 96) and
     the upsampled linear 3x3 of the top-down node (128 -> 96, on the 40x40 map at 640); every layer before and after
-    it keeps its shape (two rows later). fpn_k3_u5 is that with 5 stride-1 units instead of 3 in the 192 stage."""
-    td, fpn, u5 = (DetectionModel(cfg, nc=5) for cfg in ["yolov5s_shuffle_cpu.yaml"] + S_FPN_EXPERIMENTS)
+    it keeps its shape (two rows later). fpn_k3_u5 is that with 5 stride-1 units instead of 3 in the 192 stage;
+    fpn_k3_w128 that with the P3 node and the stride-2 conv after it at 128 channels."""
+    td, fpn, u5, w128 = (DetectionModel(cfg, nc=5) for cfg in ["yolov5s_shuffle_cpu.yaml"] + S_FPN_EXPERIMENTS)
     top_down, lateral, add, hswish = (fpn.model[i] for i in (11, 13, 14, 15))
     assert td.model[13].conv.in_channels == 128 + 96 and td.model[13].conv.kernel_size == (3, 3)
     for conv, c_in in ((top_down, 128), (lateral, 96)):
@@ -325,6 +328,9 @@ def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of
     assert rows(fpn, lambda i: i <= 10) == rows(td, lambda i: i <= 10)  # backbone and top-down path
     assert [v for _, v in rows(fpn, lambda i: i >= 16)] == [v for _, v in rows(td, lambda i: i >= 14)]  # bottom-up
     assert (units(fpn, 4), units(u5, 4)) == (3, 5) and changed_layers(fpn, u5, skip=4) == []
+    assert changed_layers(fpn, w128) == ["11", "13", "16", "18", "22"]  # the P3 node, its readers and Detect
+    assert [w128.model[i].conv.out_channels for i in (11, 13, 16)] == [128] * 3
+    assert w128.model[18].conv.in_channels == 128 + 128 and w128.model[-1].m[0].in_channels == 128
     seen = layer_outputs(fpn, (2, 10, 15), torch.rand(1, 3, 128, 128))
     with torch.inference_mode():
         up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
