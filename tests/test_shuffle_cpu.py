@@ -36,10 +36,10 @@ BUFPN_ACT_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cp
 BUFPN_K3_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_k3.yaml")
 # bufpn with 2 stride-1 units in the 128-channel stage instead of 1
 BUFPN_U2_EXPERIMENT = str(ROOT / "models" / "experiments" / "yolov5n_shuffle_cpu_bufpn_u2.yaml")
-# yolov5s_shuffle_cpu with bufpn_k3's P3 node; that with 5 stride-1 units in the 192-channel stage instead of 3; and
-# with the P3 node at 128 channels instead of 96
+# yolov5s_shuffle_cpu with bufpn_k3's P3 node; that with 5 stride-1 units in the 192-channel stage instead of 3; with
+# the P3 node at 128 channels instead of 96; and that with 1 unit in the 192 stage
 S_FPN_EXPERIMENTS = [str(ROOT / "models" / "experiments" / f"yolov5s_shuffle_cpu_fpn_k3{s}.yaml")
-                     for s in ("", "_u5", "_w128")]
+                     for s in ("", "_u5", "_w128", "_w128_u1")]
 
 
 def units(model, i: int) -> int:
@@ -313,8 +313,9 @@ def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of
     node and the backbone's 96-channel P3) is H-Swish of the sum of a linear 3x3 on the backbone's P3 (96 -> 96) and
     the upsampled linear 3x3 of the top-down node (128 -> 96, on the 40x40 map at 640); every layer before and after
     it keeps its shape (two rows later). fpn_k3_u5 is that with 5 stride-1 units instead of 3 in the 192 stage;
-    fpn_k3_w128 that with the P3 node and the stride-2 conv after it at 128 channels."""
-    td, fpn, u5, w128 = (DetectionModel(cfg, nc=5) for cfg in ["yolov5s_shuffle_cpu.yaml"] + S_FPN_EXPERIMENTS)
+    fpn_k3_w128 that with the P3 node and the stride-2 conv after it at 128 channels; fpn_k3_w128_u1 that with 1 unit
+    in the 192 stage."""
+    td, fpn, u5, w128, u1 = (DetectionModel(cfg, nc=5) for cfg in ["yolov5s_shuffle_cpu.yaml"] + S_FPN_EXPERIMENTS)
     top_down, lateral, add, hswish = (fpn.model[i] for i in (11, 13, 14, 15))
     assert td.model[13].conv.in_channels == 128 + 96 and td.model[13].conv.kernel_size == (3, 3)
     for conv, c_in in ((top_down, 128), (lateral, 96)):
@@ -331,6 +332,7 @@ def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of
     assert changed_layers(fpn, w128) == ["11", "13", "16", "18", "22"]  # the P3 node, its readers and Detect
     assert [w128.model[i].conv.out_channels for i in (11, 13, 16)] == [128] * 3
     assert w128.model[18].conv.in_channels == 128 + 128 and w128.model[-1].m[0].in_channels == 128
+    assert (units(w128, 4), units(u1, 4)) == (3, 1) and changed_layers(w128, u1, skip=4) == []
     seen = layer_outputs(fpn, (2, 10, 15), torch.rand(1, 3, 128, 128))
     with torch.inference_mode():
         up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
