@@ -352,7 +352,7 @@ def test_td128_experiment_is_the_adopted_s_design():
 
 
 @pytest.mark.parametrize("cfg", CPU_CFGS + [ADD_EXPERIMENT, BUFPN_EXPERIMENT, BUFPN_ACT_EXPERIMENT,
-                                 BUFPN_K3_EXPERIMENT])
+                                 BUFPN_K3_EXPERIMENT, S_FPN_EXPERIMENTS[-1]])
 def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
     """export.py on the n- and s-scale models: ONNX (dynamic batch) and, as CI installs them, OpenVINO and ncnn."""
     import export
