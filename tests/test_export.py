@@ -247,7 +247,7 @@ def test_fused_cpu_forwards_reuse_memory_without_page_faults():
 
     # The control pins glibc's default threshold: left alone, glibc raises it by itself now and then, and in one CI
     # run three untuned tries in a row showed no faults, which says nothing about keep_freed_memory(). Measured here:
-    # pinned default 23,800-24,300 faults per forward, tuned 0 (torch 2.14.1, Zen 4).
+    # pinned default 23,800-24,400 faults per forward, tuned 0 (torch 2.14.1, Zen 4).
     assert faults("default") > 2000
     assert faults("tuned") < 200
 
