@@ -65,6 +65,13 @@ def layer_outputs(model, layers, x) -> dict:
     return seen
 
 
+def fpn_sum(lateral, top_down, seen) -> torch.Tensor:
+    """An FPN-style P3 node recomputed from hooked outputs: lateral(backbone P3, layer 2) + the top-down conv of layer
+    10's output, upsampled 2x (nearest)."""
+    with torch.inference_mode():
+        return lateral(seen[2]) + torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
+
+
 def fused_copy(model):
     from copy import deepcopy
     return deepcopy(model).eval().fuse()
@@ -263,8 +270,7 @@ def test_n_bufpn_experiment_sums_a_lateral_3x3_and_an_upsampled_1x1_at_p3():
     assert seen[14].shape == (1, 64, 80, 80) and seen[10].shape == (1, 64, 40, 40) and seen[2].shape[-1] == 80
     u2 = DetectionModel(BUFPN_U2_EXPERIMENT, nc=5)
     assert (units(fpn, 4), units(u2, 4)) == (1, 2) and changed_layers(fpn, u2, skip=4) == []
-    with torch.inference_mode():  # the sum, recomputed from its two inputs
-        want = lateral(seen[2]) + torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
+    want = fpn_sum(lateral, one_by_one, seen)  # the sum, recomputed from its two inputs
     torch.testing.assert_close(seen[14], want)
 
 
@@ -279,9 +285,7 @@ def test_n_bufpn_act_experiment_activates_the_sum_of_two_linear_convs():
     assert act.model[-1].f == [15, 18, 21] and fpn.model[-1].f == [14, 17, 20]
     assert [v.shape for v in act.state_dict().values()] == [v.shape for v in fpn.state_dict().values()]
     seen = layer_outputs(act, (2, 10, 15), torch.rand(1, 3, 128, 128))
-    with torch.inference_mode():
-        up = torch.nn.functional.interpolate(one_by_one(seen[10]), scale_factor=2.0)
-        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    want = torch.nn.functional.hardswish(fpn_sum(lateral, one_by_one, seen))
     assert seen[15].shape == (1, 64, 16, 16) and seen[15].min() < 0  # H-Swish dips below 0; a ReLU would not
     torch.testing.assert_close(seen[15], want)
 
@@ -296,9 +300,7 @@ def test_n_bufpn_k3_experiment_gives_the_top_down_input_a_3x3_before_the_upsampl
     assert isinstance(top_down.act, torch.nn.Identity) and isinstance(k3.model[15], torch.nn.Hardswish)
     assert changed_layers(act, k3) == ["11"]
     seen = layer_outputs(k3, (2, 10, 15), torch.rand(1, 3, 128, 128))
-    with torch.inference_mode():
-        up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
-        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    want = torch.nn.functional.hardswish(fpn_sum(lateral, top_down, seen))
     torch.testing.assert_close(seen[15], want)
     with torch.inference_mode():  # a 3x3 sees its neighbours: one input pixel moves the outputs next to it only
         x = seen[10].clone()
@@ -334,9 +336,7 @@ def test_s_fpn_k3_experiments_replace_the_p3_concat_conv_by_the_activated_sum_of
     assert w128.model[18].conv.in_channels == 128 + 128 and w128.model[-1].m[0].in_channels == 128
     assert (units(w128, 4), units(u1, 4)) == (3, 1) and changed_layers(w128, u1, skip=4) == []
     seen = layer_outputs(fpn, (2, 10, 15), torch.rand(1, 3, 128, 128))
-    with torch.inference_mode():
-        up = torch.nn.functional.interpolate(top_down(seen[10]), scale_factor=2.0)
-        want = torch.nn.functional.hardswish(lateral(seen[2]) + up)
+    want = torch.nn.functional.hardswish(fpn_sum(lateral, top_down, seen))
     assert seen[15].shape == (1, 96, 16, 16)
     torch.testing.assert_close(seen[15], want)
 
