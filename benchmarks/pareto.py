@@ -1,6 +1,6 @@
 """Accuracy per millisecond: train several configs with one recipe, then time them all in one run.
 
-    python benchmarks/pareto.py                       # the default list on the built-in dataset (about 70 min)
+    python benchmarks/pareto.py                       # the default list on the built-in dataset (about 50-80 min)
     python benchmarks/pareto.py --quick               # two models, 3 epochs, a few minutes: see it work
     python benchmarks/pareto.py --cfg yolov5n.yaml yolov5n_shuffle_cpu.yaml --data my.yaml --epochs 36
 
@@ -37,8 +37,10 @@ from utils.files import check_yaml, increment_path  # noqa: E402
 from utils.logger import LOGGER, set_logging  # noqa: E402
 from utils.torch_utils import cpu_description, keep_freed_memory, model_info  # noqa: E402
 
-DEFAULT_CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml", "yolov5n_shuffle_cpu.yaml", "yolov5s.yaml",
-                "yolov5s_shuffle_cpu.yaml")
+# stock models, the seed's n model, the shipped designs and the README's training recommendations at n and s
+DEFAULT_CFGS = ("yolov5n.yaml", "yolov5n_shuffle.yaml", "yolov5n_shuffle_cpu.yaml",
+                "models/experiments/yolov5n_shuffle_cpu_bufpn_k3.yaml", "yolov5s.yaml", "yolov5s_shuffle_cpu.yaml",
+                "models/experiments/yolov5s_shuffle_cpu_fpn_k3_w128_u1.yaml")
 QUICK = {"cfg": ["yolov5n.yaml", "yolov5n_shuffle_cpu.yaml"], "epochs": 3, "runs": 5, "smaller": [256]}
 
 

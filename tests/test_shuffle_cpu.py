@@ -398,6 +398,20 @@ def test_pareto_quick_on_a_tiny_dataset(tmp_path):
     assert "Saved" in proc.stdout
 
 
+def test_pareto_default_list_resolves_and_every_design_has_its_stock_model(monkeypatch):
+    """The default run's configs exist from any working directory, name distinct table rows, and each of our designs
+    gets a ratio row: the stock model of its scale (the stem's prefix) is in the list."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import pareto
+    from utils.files import check_yaml
+    stems = [Path(check_yaml(c)).stem for c in pareto.DEFAULT_CFGS]
+    assert len(set(stems)) == len(stems)
+    stock = {s for s in stems if "_" not in s}
+    assert stock == {"yolov5n", "yolov5s"}
+    assert all(s.split("_")[0] in stock for s in stems)
+    assert {"yolov5n_shuffle_cpu_bufpn_k3", "yolov5s_shuffle_cpu_fpn_k3_w128_u1"} <= set(stems)  # the recommendations
+
+
 def test_pareto_refuses_bad_flags_before_training(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "pareto.py"), "--cfg", "nope.yaml", "--project",
            str(tmp_path)]
