@@ -7,7 +7,8 @@
 Every config trains in its own child process (train.py, same --img, --epochs, --batch, --hyp, --optimizer and
 --seed; wall time measured around the process). Each best.pt is validated at the trained size, and the stock model
 named by --smaller-cfg (yolov5n) also at the smaller --smaller sizes: shrinking the input is the first thing a user
-who needs speed tries, so those points are the baseline a faster model has to beat. Latency is then measured in
+who needs speed tries, so those points are the baseline a faster model has to beat (name more configs there to see
+them shrunk too: `--smaller-cfg yolov5n.yaml yolov5n_shuffle_cpu_bufpn_k3.yaml`). Latency is then measured in
 this one process, after all training, with benchmarks.py's method (batch 1, median of --runs, every model and
 backend taking turns), at each point's input size and at --latency-size (640). Written to --project/--name:
 pareto.md (the table), pareto.png (mAP50-95 against latency, one panel per backend), results.json and the
@@ -84,7 +85,8 @@ def points_of(opt: argparse.Namespace, save_dir: Path) -> list:
     points = []
     for cfg in opt.cfg:
         run = train(cfg, opt, save_dir)
-        sizes = [opt.img] + ([s for s in opt.smaller if s != opt.img] if Path(cfg).name == opt.smaller_cfg else [])
+        smaller = Path(cfg).name in {Path(c).name for c in opt.smaller_cfg}
+        sizes = [opt.img] + ([s for s in opt.smaller if s != opt.img] if smaller else [])
         for s in sizes:
             map50, map_ = validate(run["weights"], opt.data, s, save_dir)
             points.append({"config": Path(cfg).stem, "img": s, "trained_img": opt.img, "map50": map50,
@@ -201,7 +203,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     parser.add_argument("--optimizer", default="AdamW", choices=["auto", "SGD", "Adam", "AdamW"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers of each training")
-    parser.add_argument("--smaller-cfg", default="yolov5n.yaml", help="the stock model also validated smaller")
+    parser.add_argument("--smaller-cfg", nargs="+", default=["yolov5n.yaml"],
+                        help="configs (of --cfg) also validated and timed at the --smaller sizes")
     parser.add_argument("--smaller", nargs="*", type=int, default=[256, 224], help="its extra input sizes")
     parser.add_argument("--latency-size", type=int, default=640, help="second latency size (all models)")
     parser.add_argument("--backends", nargs="+", default=["pytorch", "onnx"], help=", ".join(bench.BACKENDS))

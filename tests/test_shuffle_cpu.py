@@ -374,26 +374,28 @@ def test_config_exports_onnx_openvino_ncnn(tmp_path, cfg):
 
 
 def test_pareto_quick_on_a_tiny_dataset(tmp_path):
-    """The whole command: two trainings, validation at two sizes, latency, table, plot and json."""
+    """The whole command: two trainings, each validated and timed at two sizes, latency, table, plot and json."""
     from test_export import make_dataset
     data = make_dataset(tmp_path / "data", n=4)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "pareto.py"), "--quick", "--data", str(data), "--img", "64",
-           "--smaller", "32", "--latency-size", "96", "--epochs", "1", "--batch", "4", "--workers", "0",
+           "--smaller", "32", "--smaller-cfg", "yolov5n.yaml", "yolov5n_shuffle_cpu.yaml", "--latency-size", "96", "--epochs", "1", "--batch", "4", "--workers", "0",
            "--runs", "2", "--warmup", "1", "--project", str(tmp_path / "runs"), "--name", "q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "runs" / "q"
     points = json.loads((out / "results.json").read_text())["points"]
     assert [(p["config"], p["img"]) for p in points] == [("yolov5n", 64), ("yolov5n", 32),
-                                                          ("yolov5n_shuffle_cpu", 64)]
+                                                          ("yolov5n_shuffle_cpu", 64), ("yolov5n_shuffle_cpu", 32)]
     for p in points:
         assert set(p["ms"]) == set(p["ms_big"]) == {"pytorch", "onnx"}
         assert all(v > 0 for v in list(p["ms"].values()) + list(p["ms_big"].values()))
         assert 0 <= p["map"] <= p["map50"] <= 1 and p["train_s"] > 0
-    small, big = points[1], points[0]
-    assert small["ms_big"] == big["ms_big"] and small["train_s"] == big["train_s"]  # one network, one training
+    for big, small in (points[0:2], points[2:4]):
+        assert small["ms_big"] == big["ms_big"] and small["train_s"] == big["train_s"]  # one network, one training
+        assert small["ms"] != big["ms"]  # but timed at its own size
     md = (out / "pareto.md").read_text()
     assert "| yolov5n_shuffle_cpu / yolov5n |" in md and "| yolov5n @32 | 32 |" in md
+    assert "| yolov5n_shuffle_cpu @32 / yolov5n |" in md  # against the stock model at the same size
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "Saved" in proc.stdout
 
