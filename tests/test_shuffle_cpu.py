@@ -378,7 +378,8 @@ def test_pareto_quick_on_a_tiny_dataset(tmp_path):
     from test_export import make_dataset
     data = make_dataset(tmp_path / "data", n=4)
     cmd = [sys.executable, str(ROOT / "benchmarks" / "pareto.py"), "--quick", "--data", str(data), "--img", "64",
-           "--smaller", "32", "--smaller-cfg", "yolov5n.yaml", "yolov5n_shuffle_cpu.yaml", "--latency-size", "96", "--epochs", "1", "--batch", "4", "--workers", "0",
+           "--smaller", "32", "--smaller-cfg", "yolov5n.yaml", "yolov5n_shuffle_cpu.yaml", "--latency-size", "96",
+           "--epochs", "1", "--batch", "4", "--workers", "0",
            "--runs", "2", "--warmup", "1", "--project", str(tmp_path / "runs"), "--name", "q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -401,8 +402,8 @@ def test_pareto_quick_on_a_tiny_dataset(tmp_path):
 
 
 def test_pareto_default_list_resolves_and_every_design_has_its_stock_model(monkeypatch):
-    """The default run's configs exist from any working directory, name distinct table rows, and each of our designs
-    gets a ratio row: the stock model of its scale (the stem's prefix) is in the list."""
+    """The default run's configs resolve (as pareto.py's check resolves them), name distinct table rows, and each design
+    of ours gets a ratio row: the stock model of its scale (the stem's prefix) is in the list."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import pareto
     from utils.files import check_yaml
