@@ -82,11 +82,10 @@ def validate(weights: str, data: str, imgsz: int, save_dir: Path, device: str = 
 
 def points_of(opt: argparse.Namespace, save_dir: Path) -> list:
     """Train every config and validate it: one point per (model, input size)."""
-    points = []
+    points, shrink = [], {Path(c).name for c in opt.smaller_cfg}
     for cfg in opt.cfg:
         run = train(cfg, opt, save_dir)
-        smaller = Path(cfg).name in {Path(c).name for c in opt.smaller_cfg}
-        sizes = [opt.img] + ([s for s in opt.smaller if s != opt.img] if smaller else [])
+        sizes = [opt.img] + ([s for s in opt.smaller if s != opt.img] if Path(cfg).name in shrink else [])
         for s in sizes:
             map50, map_ = validate(run["weights"], opt.data, s, save_dir)
             points.append({"config": Path(cfg).stem, "img": s, "trained_img": opt.img, "map50": map50,
