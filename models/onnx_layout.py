@@ -6,7 +6,8 @@ AVX-512 (8 with AVX2). A tensor it cannot keep blocked is copied to plain NCHW a
 
 - a conv whose output channels are not a multiple of 16, such as the 24-channel stem: its max-pool then runs in plain
   NCHW. `pad_conv_channels` gives that conv zero filters up to the next multiple of 16 and the convs that read it
-  zero input weights for them, so every value the graph computes stays the same;
+  zero input weights for them, so every value the graph computes stays the same. A depth-wise reader (the seed's
+  ShuffleNetV2 units start with one) gets zero filters too and passes the padding on to its own readers;
 - a channel shuffle (Reshape/Transpose) joined with a blocked tensor by a Concat: the whole Concat falls back to
   NCHW. `split_concat_convs` replaces Concat -> Conv by one Conv per input and an Add, the convolution of a
   channel concatenation being the sum of per-input convolutions; ONNX Runtime folds the Add into a conv.
@@ -89,29 +90,67 @@ def _zeros_after(a, n: int, axis: int):
     return np.pad(a, widths)
 
 
+def _depthwise_conv(g: _Graph, node) -> bool:
+    """A Conv with constant weights (and bias) and one filter per input channel (group = channels, multiplier 1)."""
+    if node.op_type != "Conv":
+        return False
+    w, group = g.array(node.input[1]), _attrs(node).get("group", 1)
+    return (w is not None and group > 1 and w.shape[:2] == (group, 1)
+            and (len(node.input) < 3 or not node.input[2] or g.array(node.input[2]) is not None))
+
+
+def _zero_padded_readers(g: _Graph, t: str, depth: int = 0):
+    """The convs to change if tensor `t` got zero channels appended: (plain convs to widen, depth-wise convs to give
+    zero filters), or None where some reader cannot take them. `t` may pass through MaxPool/Relu first; the output of
+    a depth-wise reader (zero where its input is) must in turn be readable this way; no graph output may change."""
+    chain = []
+    while len(g.consumers.get(t, [])) == 1 and g.consumers[t][0].op_type in _PASS_THROUGH:
+        chain.append(g.consumers[t][0])
+        t = chain[-1].output[0]
+    readers = g.consumers.get(t, [])
+    if not readers or depth > 8 or t in g.graph_outputs or any(c in g.graph_outputs for n in chain for c in n.output):
+        return None
+    plain, depthwise = [], []
+    for r in readers:
+        if r.input[0] != t:
+            return None
+        if _plain_conv(g, r):
+            plain.append(r)
+        elif _depthwise_conv(g, r):
+            further = _zero_padded_readers(g, r.output[0], depth + 1)
+            if further is None:
+                return None
+            plain += further[0]
+            depthwise += [r] + further[1]
+        else:
+            return None
+    return plain, depthwise
+
+
 def pad_conv_channels(proto, block: int = BLOCK) -> int:
     """Give every conv whose output channels are not a multiple of `block`, and whose output reaches only plain convs
-    (directly or through MaxPool/Relu), zero filters up to the next multiple; -> number of convs padded."""
+    (directly, through MaxPool/Relu, or through depth-wise convs that get zero filters as well), zero filters up to
+    the next multiple; -> number of convs padded."""
+    from onnx import helper
     g, padded = _Graph(proto), 0
     for conv in list(g.g.node):
         if not _plain_conv(g, conv) or len(conv.input) < 3 or not conv.input[2]:
             continue
         w, b = g.array(conv.input[1]), g.array(conv.input[2])
         extra = -w.shape[0] % block
-        if not extra:
-            continue
-        t, chain = conv.output[0], []
-        while len(g.consumers.get(t, [])) == 1 and g.consumers[t][0].op_type in _PASS_THROUGH:
-            chain.append(g.consumers[t][0])
-            t = chain[-1].output[0]
-        readers = g.consumers.get(t, [])
-        if (not readers or t in g.graph_outputs or any(c in g.graph_outputs for n in chain for c in n.output)
-                or not all(_plain_conv(g, r) and r.input[0] == t for r in readers)):
+        readers = _zero_padded_readers(g, conv.output[0]) if extra else None
+        if readers is None:
             continue
         conv.input[1] = g.add_initializer(conv.input[1], _zeros_after(w, extra, axis=0))
         conv.input[2] = g.add_initializer(conv.input[2], _zeros_after(b, extra, axis=0))
-        for r in readers:
+        for r in readers[0]:
             r.input[1] = g.add_initializer(r.input[1], _zeros_after(g.array(r.input[1]), extra, axis=1))
+        for d in readers[1]:
+            d.input[1] = g.add_initializer(d.input[1], _zeros_after(g.array(d.input[1]), extra, axis=0))
+            if len(d.input) > 2 and d.input[2]:
+                d.input[2] = g.add_initializer(d.input[2], _zeros_after(g.array(d.input[2]), extra, axis=0))
+            group = next(a for a in d.attribute if a.name == "group")
+            group.CopyFrom(helper.make_attribute("group", group.i + extra))
         padded += 1
     g.drop_unused_initializers()
     return padded

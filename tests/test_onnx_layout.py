@@ -1,5 +1,6 @@
 """models/onnx_layout.py: the exported graph's rewrites keep every output, remove ONNX Runtime's plain-layout copies
-around the _shuffle_cpu models' stem and head concats, and leave graphs they cannot help (stock, seed) as they are."""
+around the _shuffle_cpu models' stem and head concats and the seed's stem, and leave graphs they cannot help (stock)
+as they are."""
 
 import numpy as np
 import pytest
@@ -83,13 +84,46 @@ def test_rewrite_removes_ort_plain_layout_copies(tmp_path, monkeypatch):
     assert reorders_into(tmp_path / "new_opt.onnx", {"MaxPool", "Concat"}) == []
 
 
-@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
-def test_stock_and_seed_graphs_stay_as_they_are(cfg, tmp_path, monkeypatch):
-    """yolov5n has no odd widths or shuffles; the seed's odd widths feed depth-wise convs and its shuffled
-    concats feed a C3 block's two convs: nothing to rewrite, and the file is the plain trace."""
-    _, plain = export_model(cfg, tmp_path / "plain.onnx", False, monkeypatch, size=64)
+def test_stock_graph_stays_as_it_is(tmp_path, monkeypatch):
+    """yolov5n has no odd widths or shuffles: nothing to rewrite, and the file is the plain trace."""
+    _, plain = export_model("yolov5n.yaml", tmp_path / "plain.onnx", False, monkeypatch, size=64)
     before = plain.SerializeToString()
     assert for_blocked_layout(plain) == (0, 0) and plain.SerializeToString() == before
+
+
+def test_seed_export_pads_through_depthwise_convs_and_gives_the_same_outputs(tmp_path, monkeypatch):
+    """The seed's stem (24 channels here: with nc=3 YOLOv5's parse_model leaves a width equal to Detect's 3 x (3 + 5)
+    outputs unscaled; 8 in the shipped yolov5n_shuffle.pt) feeds its first unit's depth-wise conv (branch1) and 1x1
+    conv (branch2), and the 60-channel 1x1 convs of its last stage feed depth-wise convs: all get zero filters up to a
+    multiple of 16 (the depth-wise ones too), the convs after them zero input weights; the shuffled concats feed a C3
+    block's two convs and stay. ONNX Runtime then runs the stem's max-pool blocked."""
+    model, proto = export_model("yolov5n_shuffle.yaml", tmp_path / "new.onnx", True, monkeypatch)
+    _, plain = export_model("yolov5n_shuffle.yaml", tmp_path / "plain.onnx", False, monkeypatch)
+    c = model.model[0].conv[0].out_channels
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    node = {n.name: n for n in proto.graph.node}
+
+    def weight(name):
+        return init[node[name].input[1]]
+
+    assert c % 16 and weight("/model.0/conv.0/Conv").shape[0] == 32 and not weight("/model.0/conv.0/Conv")[c:].any()
+    dw = node["/model.1/branch1/branch1.0/Conv"]
+    assert next(a.i for a in dw.attribute if a.name == "group") == 32 and weight(dw.name).shape[0] == 32
+    assert not weight(dw.name)[c:].any() and not init[dw.input[2]][c:].any()
+    for name in ("/model.1/branch1/branch1.2/Conv", "/model.1/branch2/branch2.0/Conv"):
+        assert weight(name).shape[1] == 32 and not weight(name)[:, c:].any()
+    assert weight("/model.6/branch2/branch2.0/Conv").shape[0] == 64
+    assert weight("/model.6/branch2/branch2.5/Conv").shape == (60, 64, 1, 1)  # the unit's output keeps 60 channels
+    assert sum(n.op_type == "Concat" for n in proto.graph.node) == sum(n.op_type == "Concat" for n in plain.graph.node)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.inference_mode():
+        want = model(x)[0].numpy()
+    got, before = run_onnx(proto, x.numpy(), tmp_path / "new_opt.onnx")[0], run_onnx(plain, x.numpy())[0]
+    np.testing.assert_allclose(got, want, **TOL)
+    np.testing.assert_allclose(got, before, atol=1e-3, rtol=1e-4)
+    opt = onnx.load(str(tmp_path / "new_opt.onnx")).graph
+    if any(n.op_type == "ReorderOutput" for n in opt.node):  # a CPU where ONNX Runtime uses its blocked layout
+        assert next(n for n in opt.node if n.op_type == "MaxPool").domain == "com.microsoft.nchwc"  # the stem's
 
 
 def conv_node(name, x, w, b=None, group=1, pad=1):
@@ -104,15 +138,21 @@ def tiny_graph(nodes, inits: dict, outputs):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def stem_graph(reader_group: int = 1, pool_is_output: bool = False):
-    """images -> Conv 4->24 -> MaxPool -> Relu -> Conv (24->16, or depth-wise 24->24)."""
+def stem_graph(reader_group: int = 1, pool_is_output: bool = False, conv_after_depthwise: bool = False):
+    """images -> Conv 4->24 -> MaxPool -> Relu -> Conv (24->16, or depth-wise 24->24) [-> Conv 24->16]."""
     rng = np.random.default_rng(0)
     c2 = 16 if reader_group == 1 else 24
     inits = {"w0": rng.normal(size=(24, 4, 3, 3)), "b0": rng.normal(size=24),
-             "w1": rng.normal(size=(c2, 24 // reader_group, 3, 3)), "b1": rng.normal(size=c2)}
+             "w1": rng.normal(size=(c2, 24 // reader_group, 3, 3)), "b1": rng.normal(size=c2),
+             "w2": rng.normal(size=(16, c2, 3, 3))}
     nodes = [conv_node("c0", "images", "w0", "b0"),
              helper.make_node("MaxPool", ["c0"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["p"], ["r"]), conv_node("out", "r", "w1", "b1", group=reader_group)]
+             helper.make_node("Relu", ["p"], ["r"]),
+             conv_node("c1" if conv_after_depthwise else "out", "r", "w1", "b1", group=reader_group)]
+    if conv_after_depthwise:
+        nodes.append(conv_node("out", "c1", "w2"))
+    else:
+        del inits["w2"]
     return tiny_graph(nodes, inits, ["out"] + (["p"] if pool_is_output else []))
 
 
@@ -132,8 +172,18 @@ def test_pad_conv_channels_on_a_small_graph():
     assert sorted(shapes.values()) == [(16,), (16, 32, 3, 3), (32,), (32, 4, 3, 3)]  # old weights dropped
 
 
+def test_pad_conv_channels_through_a_depthwise_conv():
+    """A depth-wise reader gets 8 zero filters (group 24 -> 32) and the conv after it 8 zero input channels."""
+    proto = rewrite_once(stem_graph(reader_group=24, conv_after_depthwise=True), pad_conv_channels)
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    assert sorted(shapes.values()) == [(16, 32, 3, 3), (32,), (32,), (32, 1, 3, 3), (32, 4, 3, 3)]
+    dw = next(n for n in proto.graph.node if n.name == "c1")
+    assert next(a.i for a in dw.attribute if a.name == "group") == 32
+
+
 @pytest.mark.parametrize("kw", [{"reader_group": 24}, {"pool_is_output": True}])
-def test_pad_conv_channels_leaves_depthwise_readers_and_graph_outputs(kw):
+def test_pad_conv_channels_leaves_graph_outputs(kw):
+    """Nothing is padded where the padding would reach a graph output: the depth-wise conv's or the max-pool's."""
     proto = stem_graph(**kw)
     before = proto.SerializeToString()
     assert pad_conv_channels(proto) == 0 and proto.SerializeToString() == before
