@@ -16,6 +16,7 @@ Runtime's own profile of every ONNX and ONNX int8 model: ms per forward by op ty
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -114,18 +115,28 @@ def _set_dynamic(model, dynamic: bool) -> None:
 
 
 @torch.inference_mode()
-def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int = 1) -> dict:
+def time_all(runners: dict, im: torch.Tensor, warmup: int, runs: int, block: int = 1, seed: int = 0) -> dict:
     """Median ms per (model, backend) over `runs` forwards, taken in turns of `block` so that load from other
     processes hits every runner alike. Each turn starts with one untimed forward: the previous runtime's worker
     threads (OpenMP, ONNX Runtime, OpenVINO) may still be spinning and would be billed to this one. One timed
     forward per turn spreads every runner's samples over the whole run: on a shared virtual machine whose speed
-    drifts by 30 % over tens of seconds, turns of 5 gave yolov5l_shuffle / yolov5l ratios from 0.39 to 0.48."""
+    drifts by 30 % over tens of seconds, turns of 5 gave yolov5l_shuffle / yolov5l ratios from 0.39 to 0.48.
+
+    The untimed forward is not always enough: OpenVINO's threads can spin for longer than a small model's forward.
+    On the 2-core Zen 4 machine (2026-12-05, scratch script, trained yolov5n_shuffle at 640, 30 forwards each) an
+    ONNX Runtime forward took 13.1 ms after itself, 19.7 ms right after OpenVINO forwards and 12.3 ms (but 19.7 at
+    the 90th percentile) with one untimed forward in between. With a fixed order the same runner always came right
+    after the last OpenVINO one (the first model's fp32 ONNX Runtime: 16.0 and 24.6 ms in two runs of the same
+    command, 15.4 and 15.5 ms without the OpenVINO backends), so every turn takes the runners in a new order,
+    shuffled with `seed`: whatever one runner leaves behind falls on all of them alike."""
     for f in runners.values():
         for _ in range(warmup):
             f(im)
     times = {k: [] for k in runners}
+    order, rng = list(runners.items()), random.Random(seed)
     while min(len(v) for v in times.values()) < runs:
-        for k, f in runners.items():
+        rng.shuffle(order)
+        for k, f in order:
             f(im)
             for _ in range(min(block, runs - len(times[k]))):
                 t = time.perf_counter()

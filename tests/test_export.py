@@ -375,6 +375,22 @@ def test_benchmarks_table_without_thop_shows_dashes_for_gflops():
                          "| ratio yolov5n_shuffle_cpu / yolov5n | 0.60 | - | 0.50 |"]
 
 
+def test_time_all_takes_the_runners_in_a_new_order_every_turn():
+    """Every runner gets `runs` timed forwards, each after an untimed one of its own, and no runner always follows
+    the same one (with a fixed order the runner after the last OpenVINO one paid for its spinning threads)."""
+    calls = []
+    runners = {k: (lambda im, k=k: calls.append(k)) for k in "abcd"}
+    ms = benchmarks.time_all(runners, torch.zeros(1), warmup=1, runs=6)
+    assert sorted(ms) == list("abcd") and all(v >= 0 for v in ms.values())
+    turns = [calls[4 + 8 * t:12 + 8 * t] for t in range(6)]  # after the 4 warm-up calls: 2 calls per runner per turn
+    assert all(turn[0::2] == turn[1::2] and sorted(turn[0::2]) == list("abcd") for turn in turns)
+    assert len({tuple(turn[0::2]) for turn in turns}) > 1 and len({turn[0] for turn in turns}) > 1
+    first = list(calls)
+    calls.clear()
+    benchmarks.time_all(runners, torch.zeros(1), warmup=1, runs=6)
+    assert calls == first  # the order is drawn from a fixed seed: a rerun takes the same turns
+
+
 def test_benchmarks_device_and_half_are_checked_before_anything_runs(monkeypatch):
     with pytest.raises(ValueError, match="--half needs a CUDA device"):
         benchmarks.run(cfg=["yolov5n.yaml"], backends=["pytorch"], half=True)
