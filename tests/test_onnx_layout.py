@@ -138,8 +138,10 @@ def tiny_graph(nodes, inits: dict, outputs):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
-def stem_graph(reader_group: int = 1, pool_is_output: bool = False, conv_after_depthwise: bool = False):
-    """images -> Conv 4->24 -> MaxPool -> Relu -> Conv (24->16, or depth-wise 24->24) [-> Conv 24->16]."""
+def stem_graph(reader_group: int = 1, pool_is_output: bool = False, conv_after_depthwise: bool = False,
+               concat_after_depthwise: bool = False):
+    """images -> Conv 4->24 -> MaxPool -> Relu -> Conv (24->16, or depth-wise 24->24) [-> Conv 24->16, or a Concat
+    of it with itself]."""
     rng = np.random.default_rng(0)
     c2 = 16 if reader_group == 1 else 24
     inits = {"w0": rng.normal(size=(24, 4, 3, 3)), "b0": rng.normal(size=24),
@@ -148,11 +150,14 @@ def stem_graph(reader_group: int = 1, pool_is_output: bool = False, conv_after_d
     nodes = [conv_node("c0", "images", "w0", "b0"),
              helper.make_node("MaxPool", ["c0"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["p"], ["r"]),
-             conv_node("c1" if conv_after_depthwise else "out", "r", "w1", "b1", group=reader_group)]
+             conv_node("c1" if conv_after_depthwise or concat_after_depthwise else "out", "r", "w1", "b1",
+                       group=reader_group)]
     if conv_after_depthwise:
         nodes.append(conv_node("out", "c1", "w2"))
     else:
         del inits["w2"]
+    if concat_after_depthwise:
+        nodes.append(helper.make_node("Concat", ["c1", "c1"], ["out"], axis=1))
     return tiny_graph(nodes, inits, ["out"] + (["p"] if pool_is_output else []))
 
 
@@ -181,9 +186,11 @@ def test_pad_conv_channels_through_a_depthwise_conv():
     assert next(a.i for a in dw.attribute if a.name == "group") == 32
 
 
-@pytest.mark.parametrize("kw", [{"reader_group": 24}, {"pool_is_output": True}])
-def test_pad_conv_channels_leaves_graph_outputs(kw):
-    """Nothing is padded where the padding would reach a graph output: the depth-wise conv's or the max-pool's."""
+@pytest.mark.parametrize("kw", [{"reader_group": 24}, {"pool_is_output": True},
+                                {"reader_group": 24, "concat_after_depthwise": True}])
+def test_pad_conv_channels_leaves_graph_outputs_and_other_readers(kw):
+    """Nothing is padded where the padding would reach a graph output (the depth-wise conv's or the max-pool's) or a
+    reader that is not a conv (a concat after the depth-wise conv)."""
     proto = stem_graph(**kw)
     before = proto.SerializeToString()
     assert pad_conv_channels(proto) == 0 and proto.SerializeToString() == before
