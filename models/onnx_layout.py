@@ -131,7 +131,6 @@ def pad_conv_channels(proto, block: int = BLOCK) -> int:
     """Give every conv whose output channels are not a multiple of `block`, and whose output reaches only plain convs
     (directly, through MaxPool/Relu, or through depth-wise convs that get zero filters as well), zero filters up to
     the next multiple; -> number of convs padded."""
-    from onnx import helper
     g, padded = _Graph(proto), 0
     for conv in list(g.g.node):
         if not _plain_conv(g, conv) or len(conv.input) < 3 or not conv.input[2]:
@@ -149,8 +148,7 @@ def pad_conv_channels(proto, block: int = BLOCK) -> int:
             d.input[1] = g.add_initializer(d.input[1], _zeros_after(g.array(d.input[1]), extra, axis=0))
             if len(d.input) > 2 and d.input[2]:
                 d.input[2] = g.add_initializer(d.input[2], _zeros_after(g.array(d.input[2]), extra, axis=0))
-            group = next(a for a in d.attribute if a.name == "group")
-            group.CopyFrom(helper.make_attribute("group", group.i + extra))
+            next(a for a in d.attribute if a.name == "group").i += extra
         padded += 1
     g.drop_unused_initializers()
     return padded
