@@ -11,6 +11,7 @@ an int8 requantization (_hard_sigmoids_as_requantizations) and 2x nearest upsamp
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 from pathlib import Path
@@ -465,6 +466,21 @@ def _box_errors(fp32, candidates: list, images: list) -> list:
             for q in candidates]
 
 
+def _import_quietly(module: str) -> None:
+    """Import `module` with its own logger held at ERROR: torch.utils.cpp_extension (which nncf.quantize imports
+    whenever torch is installed) logs 'No CUDA runtime is found' on every CPU-only machine with a CUDA build of
+    torch, a line about building C++ extensions that an OpenVINO INT8 export never builds."""
+    log = logging.getLogger(module)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(module)
+    except ImportError:  # nncf reports its own needs when it imports it
+        pass
+    finally:
+        log.setLevel(level)
+
+
 def quantize_openvino(onnx_file: Path, calib: CalibrationImages, n_layers: int, meta: dict, out: Path) -> Path:
     """<stem>_int8_openvino_model/ from the fp32 ONNX file with NNCF post-training quantization; FLOAT_LAYERS
     stay float. Holds <stem>.xml/.bin and the same metadata.yaml as the fp32 OpenVINO export."""
@@ -472,6 +488,7 @@ def quantize_openvino(onnx_file: Path, calib: CalibrationImages, n_layers: int, 
     ov = require("openvino", "OpenVINO INT8", "pip install openvino")
     nncf = require("nncf", "OpenVINO INT8", "pip install nncf")
     nncf.set_log_level(logging.WARNING)  # one INFO line per skipped op otherwise
+    _import_quietly("torch.utils.cpp_extension")  # nncf.quantize loads it, and its import warns of no CUDA
     onnx = require("onnx", "OpenVINO INT8", "pip install onnx")
     ov_model = ov.convert_model(str(onnx_file))
     keep, score_path = _float_prefixes(n_layers), _score_path(onnx.load(str(onnx_file)).graph, n_layers)
