@@ -149,7 +149,8 @@ def run(data=None, weights=ROOT / "yolov5s.pt", imgsz=(640, 640), batch_size=1, 
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be at least 1")
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
-    calib = CalibrationImages(data, imgsz, int8_images, gs) if int8 else None  # refuses before anything is written
+    calib = CalibrationImages(data, imgsz, int8_images, gs,  # refuses before anything is written
+                              batch=1 if dynamic else batch_size) if int8 else None
     if int8:
         weight_bits_to_try(int8_reduce_range)  # refuses an unknown choice before anything is written
     if half:

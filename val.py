@@ -171,7 +171,7 @@ def _standalone_loader(model, weights, data, task, nc, single_cls, imgsz, batch_
     if ncm != nc and not single_cls:
         raise ValueError(f"{weights} was trained on {ncm} classes but --data {data.get('yaml_file', data)} "
                          f"has {nc}; pass the dataset the model was trained on")
-    pad, rect = (0.0, False) if task == "speed" else (0.5, not getattr(model, "batch_one_only", False))
+    pad, rect = (0.0, False) if task == "speed" else (0.5, not getattr(model, "fixed_shape", None))  # square
     task = task if task in ("train", "val", "test") else "val"
     if not data.get(task):
         raise ValueError(f"--task {task}: the dataset yaml has no '{task}' split")

@@ -166,7 +166,8 @@ class DetectMultiBackend(nn.Module):
     """The same detector interface for every format: stride, names, nc, pt, batch_one_only, fp16, forward, warmup.
 
     forward(im (b, 3, h, w) float in [0, 1]) -> (pred (b, n, 5 + nc), None). Fixed-shape exports (ONNX/OpenVINO
-    without --dynamic, ncnn) take exactly their export shape and report batch_one_only when that batch is 1.
+    without --dynamic, ncnn) take exactly their export image size and report batch_one_only when their batch is 1;
+    any number of images runs on them, in batches of their export batch (the last one padded with zeros).
     """
 
     def __init__(self, weights: Union[str, Path, Sequence], device: Union[str, torch.device] = "cpu", dnn: bool = False,
@@ -222,13 +223,25 @@ class DetectMultiBackend(nn.Module):
         if (augment or visualize) and not self._warned:
             LOGGER.warning(f"WARNING: --augment/--visualize need a PyTorch model; ignored for {self.backend}")
             self._warned = True
-        if self.fixed_shape and tuple(im.shape) != tuple(self.fixed_shape):
+        if not self.fixed_shape:
+            return self._run(im), None
+        if tuple(im.shape[1:]) != tuple(self.fixed_shape[1:]):
             h, w = self.fixed_shape[2:]
             raise ValueError(f"{self.file}: exported for input shape {tuple(self.fixed_shape)}, got {tuple(im.shape)}. "
-                             f"Run it with --imgsz {h} {w}" + (" and batch size 1" if self.fixed_shape[0] == 1 else "")
-                             + ", or export again with --dynamic (ONNX/OpenVINO) for any size")
+                             f"Run it with --imgsz {h} {w}, or export again with --dynamic (ONNX/OpenVINO) for "
+                             "any size")
+        b = self.fixed_shape[0]
+        if im.shape[0] == b:
+            return self._run(im), None
+        out = []  # export.py --batch-size b without --dynamic: b images per call, zeros fill the last call
+        for chunk in im.split(b):
+            n = chunk.shape[0]
+            out.append(self._run(torch.cat([chunk, chunk.new_zeros(b - n, *chunk.shape[1:])]) if n < b else chunk)[:n])
+        return torch.cat(out), None
+
+    def _run(self, im: torch.Tensor) -> torch.Tensor:
         y = self.runner(im.half() if self.fp16 else im)
-        return y.to(im.device).float(), None
+        return y.to(im.device).float()
 
     def warmup(self, imgsz: Optional[Sequence[int]] = (1, 3, 640, 640)) -> None:
         """One forward on zeros (at the export shape for fixed-shape formats) so the first real call is not slow."""

@@ -60,14 +60,16 @@ def weight_bits_to_try(choice: str, flags=None) -> tuple:
 
 
 class CalibrationImages:
-    """Up to `n` images of a dataset split, each yielded as a float32 (1, 3, h, w) RGB array in [0, 1].
+    """Up to `n` images of a dataset split, yielded `batch` at a time as a float32 (batch, 3, h, w) RGB array in
+    [0, 1]: the batch of the model being quantized (export.py --batch-size without --dynamic fixes it in the graph).
 
     The images are spread evenly over the split (sorted file order), decoded lazily on every pass (NNCF reads the
     set more than once) and prepared as val.py prepares them: long side resized to max(h, w), letterboxed to (h, w)
-    with YOLOv5's grey. Images that fail to decode are skipped; if all do, the constructor raises ValueError.
+    with YOLOv5's grey. The last batch is filled up with the first images. Images that fail to decode are skipped;
+    if all do, the constructor raises ValueError.
     """
 
-    def __init__(self, data, imgsz: Sequence[int], n: int = DEFAULT_IMAGES, stride: int = 32):
+    def __init__(self, data, imgsz: Sequence[int], n: int = DEFAULT_IMAGES, stride: int = 32, batch: int = 1):
         from utils.dataloaders import LoadImagesAndLabels
         from utils.datasets_yaml import check_dataset
         if n < 1:
@@ -76,7 +78,7 @@ class CalibrationImages:
             data = DEFAULT_DATA
             LOGGER.info(f"INT8: no --data given, calibrating on the built-in dataset {DEFAULT_DATA.name}")
         info = check_dataset(data)
-        self.h, self.w = (int(imgsz[0]), int(imgsz[-1]))
+        self.h, self.w, self.batch = int(imgsz[0]), int(imgsz[-1]), max(1, int(batch))
         self.source = info["train"]
         self.dataset = LoadImagesAndLabels(self.source, img_size=max(self.h, self.w), batch_size=1, augment=False,
                                            rect=False, stride=stride, prefix="INT8 calibration: ")
@@ -84,21 +86,27 @@ class CalibrationImages:
         self.indices = [int(i) for i in picks if self._decodes(int(i))]  # decoded once up front to refuse early
         if not self.indices:
             raise ValueError(f"{self.source}: none of the {len(picks)} calibration images could be decoded")
-        LOGGER.info(f"INT8: calibrating on {len(self.indices)} of {self.dataset.n} images in {self.source}")
+        LOGGER.info(f"INT8: calibrating on {len(self.indices)} of {self.dataset.n} images in {self.source}"
+                    + (f", in batches of {self.batch}" if self.batch > 1 else ""))
 
     def _decodes(self, i: int) -> bool:
         self.dataset.load_image(i)
         return i not in self.dataset.broken  # the loader gives a grey stand-in for an undecodable file
 
     def __len__(self) -> int:
-        return len(self.indices)
+        """Number of batches."""
+        return -(-len(self.indices) // self.batch)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return map(self._prepare, self.indices)
+        return map(self._batch, range(len(self)))
 
     def sample(self, n: int) -> list:
-        """Up to n of the images, spread over the set."""
-        return [self._prepare(i) for i in self.indices[::max(1, len(self.indices) // n)][:n]]
+        """Up to n of the batches, spread over the set."""
+        return [self._batch(k) for k in range(0, len(self), max(1, len(self) // n))[:n]]
+
+    def _batch(self, k: int) -> np.ndarray:
+        picks = [self.indices[(k * self.batch + j) % len(self.indices)] for j in range(self.batch)]
+        return np.concatenate([self._prepare(i) for i in picks])
 
     def _prepare(self, i: int) -> np.ndarray:
         im = letterbox(self.dataset.load_image(i)[0], (self.h, self.w), auto=False, scaleup=False)[0]

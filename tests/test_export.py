@@ -174,6 +174,23 @@ def _same_val(a, b):
         assert_same_detections(a[1][k], b[1][k], px=0.05, conf=1e-3)
 
 
+def test_fixed_batch_export_runs_any_number_of_images(models, data, tmp_path):
+    """export.py --batch-size 2 without --dynamic fixes batch 2 in the graph: one or three images run too (in calls
+    of two, zeros filling the last), each as the .pt model gives it, and val.py runs it on square images."""
+    w = save_own(models[CFGS[1]], tmp_path / "b2.pt")
+    f = export.run(weights=str(w), imgsz=[64], include=["onnx"], batch_size=2)[0]
+    backend = DetectMultiBackend(f)
+    assert backend.fixed_shape == (2, 3, 64, 64) and not backend.batch_one_only
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    for n in (1, 2, 3):
+        torch.testing.assert_close(backend(x[:n])[0], reference(w, x[:n]), **TOL)
+    with pytest.raises(ValueError, match=r"exported for input shape \(2, 3, 64, 64\).*--imgsz 64 64"):
+        backend(torch.rand(2, 3, 96, 64))
+    square = _val(w, data, tmp_path, "pt_square", task="speed", batch_size=3)
+    _same_val(_val(f, data, tmp_path, "b2", batch_size=3), square)
+
+
 def test_val_gives_the_same_results_on_exported_files(dynamic_exports, static_onnx, data, tmp_path):
     files = dynamic_exports[CFGS[1]]
     ref = _val(files["pt"], data, tmp_path, "pt")
