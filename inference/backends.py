@@ -181,7 +181,7 @@ class DetectMultiBackend(nn.Module):
                              f"as an ensemble; pass one exported file")
         self.backend = kinds.pop()
         self.pt = self.backend == "pytorch"
-        self.file, self._warned = w, False
+        self.file, self._warned, self._warned_padding = w, False, False
         if self.pt:
             from models.experimental import attempt_load
             model = attempt_load(w, device=self.device, inplace=True, fuse=fuse, trust=trust)
@@ -233,6 +233,10 @@ class DetectMultiBackend(nn.Module):
         b = self.fixed_shape[0]
         if im.shape[0] == b:
             return self._run(im), None
+        if im.shape[0] % b and not self._warned_padding:
+            LOGGER.warning(f"WARNING: {self.file} was exported for batch {b}; {im.shape[0]} image(s) run padded with "
+                           f"zeros to a multiple of {b} (export with --batch-size 1 or --dynamic to run fewer)")
+            self._warned_padding = True
         out = []  # export.py --batch-size b without --dynamic: b images per call, zeros fill the last call
         for chunk in im.split(b):
             n = chunk.shape[0]
