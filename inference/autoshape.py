@@ -72,10 +72,7 @@ class AutoShape(nn.Module):
             shape0, shape1, x = self._letterbox_batch(ims, size)
             x = torch.from_numpy(x).to(p.device).type_as(p) / 255
         with dt[1], torch.autocast("cuda", enabled=self.amp and p.device.type == "cuda"):
-            if getattr(self.model, "batch_one_only", False):  # a fixed-shape export: one image per call
-                y = torch.cat([self.model(xi[None], augment=augment)[0] for xi in x])
-            else:
-                y = self.model(x, augment=augment, profile=profile)
+            y = self.model(x, augment=augment, profile=profile)  # fixed-shape exports take it in calls of their batch
         with dt[2]:
             y = non_max_suppression(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
                                     max_det=self.max_det)
