@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py                                 # both models, --img 320, 3 epochs, batch 16
     python benchmarks/train_speed.py --cfg yolov5n_shuffle.yaml --img 320 --epochs 2 --workers 2
     python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --malloc both
+    python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --bf16 off   # fp32
 
 Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
 epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
@@ -141,7 +142,7 @@ def child(opt) -> None:
     with tempfile.TemporaryDirectory() as project:
         train.run(cfg=opt.cfg, data=opt.data, imgsz=opt.imgsz, epochs=opt.epochs, batch_size=opt.batch_size,
                   workers=opt.workers, project=project, noplots=True, device="cpu", seed=0,
-                  optimizer=opt.optimizer)
+                  optimizer=opt.optimizer, bf16=opt.bf16)
     sampler.running = False
     sampler.join()
     print(MARK + json.dumps({
@@ -156,16 +157,21 @@ def median(x: list) -> float:
     return x[len(x) // 2] if len(x) % 2 else (x[len(x) // 2 - 1] + x[len(x) // 2]) / 2
 
 
+def child_args(opt, cfg: str, malloc: str) -> list:
+    """The command-line arguments of the child process that trains `cfg` with the parent's settings."""
+    return ["--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz), "--epochs", str(opt.epochs),
+            "--batch-size", str(opt.batch_size), "--workers", str(opt.workers), "--optimizer", opt.optimizer,
+            "--malloc", malloc, "--bf16", opt.bf16]
+
+
 def parent(opt) -> None:
     """Run one child per model and print a table."""
     rows = []
     modes = ["default", "keep"] if opt.malloc == "both" else [opt.malloc]
     for cfg, mode in ((c, m) for c in opt.cfg for m in modes):
         load0 = os.getloadavg()[0]
-        cmd = [sys.executable, __file__, "--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz),
-               "--epochs", str(opt.epochs), "--batch-size", str(opt.batch_size), "--workers", str(opt.workers),
-               "--optimizer", opt.optimizer, "--malloc", mode]
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run([sys.executable, __file__] + child_args(opt, cfg, mode), capture_output=True, text=True,
+                           cwd=ROOT)
         line = next((x for x in p.stdout.splitlines() if x.startswith(MARK)), None)
         if p.returncode or line is None:
             sys.exit(f"{cfg}: benchmark run failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
@@ -174,7 +180,7 @@ def parent(opt) -> None:
         r["label"] = Path(cfg).stem + (" (malloc keep)" if mode == "keep" else "")
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
-          f"--optimizer {opt.optimizer} --data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
+          f"--optimizer {opt.optimizer} --bf16 {opt.bf16} --data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
     print(("%-32s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
                                       "total s", "RSS MB", "tree PSS", "load avg"))
@@ -198,6 +204,8 @@ def parse_opt(argv=None):
     p.add_argument("--optimizer", default="auto", help="train.py --optimizer (the speed issue's recipe: AdamW)")
     p.add_argument("--malloc", choices=("default", "keep", "both"), default="default",
                    help="keep: glibc keeps freed memory for reuse (keep_freed_memory); both: each model without, then with")
+    p.add_argument("--bf16", choices=("auto", "off"), default="auto",
+                   help="train.py --bf16: auto (bf16 autocast where the CPU runs it natively) or off (fp32)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

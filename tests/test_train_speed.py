@@ -128,3 +128,13 @@ def test_train_step_benchmark_prints_every_variant(capsys, monkeypatch):
     assert len(row) == 1 and row[0].count("(") == len(train_step.VARIANTS)
     assert "(1.00)" in row[0].split("|")[2]  # NCHW fp32 is the base
     assert text in capsys.readouterr().out
+
+
+def test_train_speed_benchmark_passes_its_settings_to_the_training_child(monkeypatch):
+    monkeypatch.syspath_prepend(str(train.ROOT / "benchmarks"))
+    import train_speed
+    opt = train_speed.parse_opt(["--bf16", "off", "--epochs", "2", "--workers", "1", "--optimizer", "AdamW"])
+    child = train_speed.parse_opt(train_speed.child_args(opt, "yolov5n.yaml", "keep"))
+    assert child.child and child.cfg == ["yolov5n.yaml"] and child.malloc == "keep"
+    assert (child.bf16, child.epochs, child.workers, child.optimizer) == ("off", 2, 1, "AdamW")
+    assert train_speed.parse_opt([]).bf16 == "auto"  # as train.py
