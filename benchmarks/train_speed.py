@@ -180,7 +180,8 @@ def parent(opt) -> None:
         r["label"] = Path(cfg).stem + (" (malloc keep)" if mode == "keep" else "")
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
-          f"--optimizer {opt.optimizer} --bf16 {opt.bf16} --data {opt.data} on {os.cpu_count()} CPUs (torch threads {rows[0]['threads']})")
+          f"--optimizer {opt.optimizer} --bf16 {opt.bf16} --data {opt.data} on {os.cpu_count()} CPUs "
+          f"(torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
     print(("%-32s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
                                       "total s", "RSS MB", "tree PSS", "load avg"))
