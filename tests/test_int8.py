@@ -196,19 +196,36 @@ def _onnx_int8_graph(files) -> tuple:
 
 
 def _detect_convs_in_int8(exports) -> dict:
-    """{runtime: sorted [(output channels, is the conv int8) for each of Detect's convs]} of the int8 exports."""
+    """{runtime: sorted [(output channels, how it runs) for each of Detect's convs]} of the int8 exports: "int8"
+    (quantized input and weights), "float", or "integer matmul" (ONNX: quantized input and weights, int32 sums turned
+    into float outputs that no QuantizeLinear reads)."""
     w, files = exports
     last = f"/model.{len(torch.load(w, map_location='cpu', weights_only=False)['model'].model) - 1}/"
     graph, made_by = _onnx_int8_graph(files)
-    dims = {t.name: t.dims[0] for t in graph.initializer if t.dims}
-    convs = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith(last)]
-    int8 = [n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear" for n in convs]  # via Q/DQ
-    found = {"onnx": sorted((dims[made_by[n.input[1]].input[0] if q else n.input[1]], q) for n, q in zip(convs, int8))}
+    dims = {t.name: list(t.dims) for t in graph.initializer if t.dims}
+    readers = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    found = {"onnx": []}
+    for n in [n for n in graph.node if n.name.startswith(last)]:
+        if n.op_type == "Conv":
+            q = n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear"  # via Q/DQ
+            found["onnx"].append((dims[made_by[n.input[1]].input[0] if q else n.input[1]][0], "int8" if q else "float"))
+        elif n.op_type == "MatMulInteger":
+            after, out = n, n.output[0]
+            while after.op_type in ("MatMulInteger", "Transpose", "Cast", "Mul", "Add") and len(readers[out]) == 1:
+                after = readers[out][0]
+                out = after.output[0]
+            assert after.op_type not in ("QuantizeLinear", "MatMulInteger"), (n.name, after.op_type)
+            found["onnx"].append((dims[n.input[1]][1], "integer matmul"))
+    found["onnx"].sort()
     if "tiny_int8_openvino_model" in files:
         import openvino as ov
         model = ov.Core().read_model(str(files["tiny_int8_openvino_model"] / "tiny.xml"))
         found["openvino"] = sorted((op.get_output_partial_shape(0)[1].get_length(),
-                                    op.input_value(0).get_node().get_type_name() == "FakeQuantize")
+                                    "int8" if op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+                                    else "float")
                                    for op in model.get_ordered_ops()
                                    if op.get_type_name() == "Convolution" and op.get_friendly_name().startswith(last))
     return found
@@ -225,11 +242,13 @@ def test_openvino_int8_export_does_not_pass_on_torchs_no_cuda_warning(exports):
     assert "No CUDA runtime" not in log
 
 
-def test_detect_score_convs_are_int8_and_box_convs_float(exports):
-    # Detect traces a box conv (na·4 = 12 channels) and a score conv (na·(nc+1) = 27) per level: int8 boxes lose
-    # pixels, int8 scores lose nothing measurable
-    for runtime, int8 in _detect_convs_in_int8(exports).items():
-        assert int8 == [(12, False)] * 3 + [(27, True)] * 3, runtime
+def test_detect_score_convs_are_int8_and_box_outputs_float(exports):
+    # Detect traces a box conv (na·4 = 12 channels) and a score conv (na·(nc+1) = 27) per level: int8 box outputs
+    # lose pixels, int8 scores lose nothing measurable. ONNX runs the box convs as integer matmuls with float outputs.
+    found = _detect_convs_in_int8(exports)
+    assert found["onnx"] == [(12, "integer matmul")] * 3 + [(27, "int8")] * 3
+    if "openvino" in found:
+        assert found["openvino"] == [(12, "float")] * 3 + [(27, "int8")] * 3
 
 
 def test_onnx_score_rows_are_joined_as_bytes(exports):
@@ -557,6 +576,66 @@ def test_upsamples_run_as_byte_copies(tmp_path):
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert np.array_equal(got[0], np.repeat(np.repeat(want[0][..., ::2, ::2], 2, 2), 2, 3))  # 2x nearest indeed
     assert _upsamples_as_byte_copies(model, numpy_helper, helper) == 0  # the half-pixel one stays as it is
+
+
+def test_float_box_convs_run_as_integer_matmuls_on_the_bytes():
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _float_convs_as_integer_matmuls
+    rng = np.random.default_rng(0)
+    shape = [2, 5, 4, 6]
+    inits, nodes = _qdq(helper, numpy_helper, "x", 0.05, 10)  # [-0.5, 12.25]
+    w_scale = np.array([0.01, 0.002, 0.03], np.float32)
+    steps = rng.integers(-127, 128, (3, 5, 1, 1))
+    steps[:, 0] = 127  # each channel's largest weight sets its step: these weights lie on the int8 grid
+    exact = (steps * w_scale[:, None, None, None]).astype(np.float32)
+    w_any = rng.uniform(-1, 1, (3, 5, 1, 1)).astype(np.float32)
+    inits += [numpy_helper.from_array(exact, "w_exact"), numpy_helper.from_array(np.array([1, -2, 3], np.float32), "b"),
+              numpy_helper.from_array(w_any, "w_any"),
+              numpy_helper.from_array(rng.uniform(-1, 1, (3, 5, 3, 3)).astype(np.float32), "w_3x3")]
+    nodes += [helper.make_node("Conv", ["x_dq", "w_exact", "b"], ["y_exact"]),
+              helper.make_node("Conv", ["x_dq", "w_any"], ["y_any"]),  # no bias
+              helper.make_node("Conv", ["x_dq", "w_3x3"], ["y_3x3"], pads=[1, 1, 1, 1]),  # not a 1x1: stays
+              helper.make_node("Conv", ["x", "w_any"], ["y_float_input"])]  # float input: stays
+    outs = ["y_exact", "y_any", "y_3x3", "y_float_input"]
+    graph = helper.make_graph(nodes, "box", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [2, 3, 4, 6]) for t in outs],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = {"x": rng.uniform(-1, 13, shape).astype(np.float32)}
+    want = _run_onnx(model, x)
+    assert _float_convs_as_integer_matmuls(model, numpy_helper, helper) == 2
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") == 2 and ops.count("Conv") == 2 and "QuantizeLinear" in ops
+    kept = {t.name for t in model.graph.initializer}
+    assert "w_exact" not in kept and "w_any" in kept  # float weights dropped where no other node reads them
+    got = _run_onnx(model, x)
+    # weights on the int8 grid: the int32 sums are exact, only float rounding is left
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-4)
+    # other weights: off by at most half a step of each output channel's weights times the inputs' absolute sum
+    x_dq = (np.clip(np.round(x["x"] / np.float32(0.05)) + 10, 0, 255) - 10) * np.float32(0.05)
+    step = np.abs(w_any).reshape(3, -1).max(1) / 127
+    bound = np.abs(x_dq).sum(1, keepdims=True) * step[None, :, None, None] / 2
+    assert (np.abs(got[1] - want[1]) <= bound + 1e-5).all() and np.abs(got[1] - want[1]).max() > 1e-5
+    assert all(np.array_equal(g, w) for g, w in zip(got[2:], want[2:]))
+    assert _float_convs_as_integer_matmuls(model, numpy_helper, helper) == 0  # nothing left to rewrite
+
+
+def test_seven_bit_box_weights_where_the_convs_have_them():
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _float_convs_as_integer_matmuls
+    inits, nodes = _qdq(helper, numpy_helper, "x", 0.05, 10)
+    w = np.random.default_rng(1).uniform(-1, 1, (4, 3, 1, 1)).astype(np.float32)
+    inits.append(numpy_helper.from_array(w, "w"))
+    nodes.append(helper.make_node("Conv", ["x_dq", "w"], ["y"]))
+    value = lambda name, c: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, c, 2, 2])
+    model = helper.make_model(helper.make_graph(nodes, "box", [value("x", 3)], [value("y", 4)], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    assert _float_convs_as_integer_matmuls(model, numpy_helper, helper, weight_max=64) == 1
+    w_int = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert np.abs(np.concatenate([a.ravel() for a in w_int])).max() == 64
 
 
 def test_seed_int8_upsamples_are_byte_copies(exports):
