@@ -3,10 +3,12 @@
 Calibration images come from a dataset's train split and are prepared exactly as val.py feeds a fixed-shape export
 (long side resized to the export size, letterboxed, RGB, /255). ONNX uses onnxruntime's static quantization (QDQ,
 per-channel int8 weights, 7-bit where --int8-reduce-range says so, uint8 activations); OpenVINO uses NNCF. In both
-the stem conv and Detect's box convs and decode stay in float: see FLOAT_LAYERS. Three rewrites of the quantized
+the stem conv and Detect's box convs and decode stay in float: see FLOAT_LAYERS. Five rewrites of the quantized
 ONNX graph then save ONNX Runtime work: concats whose inputs share one range (_share_concat_ranges), HardSigmoid as
-an int8 requantization (_hard_sigmoids_as_requantizations) and 2x nearest upsamples as byte copies
-(_upsamples_as_byte_copies). Results are written atomically next to the weights, with the fp32 exports' metadata.
+an int8 requantization (_hard_sigmoids_as_requantizations), 2x nearest upsamples as byte copies
+(_upsamples_as_byte_copies), the float box convs as integer matmuls with float outputs
+(_float_convs_as_integer_matmuls) and the score convs padded to whole blocks of 16 channels (_pad_convs_to_blocks).
+Results are written atomically next to the weights, with the fp32 exports' metadata.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ DEFAULT_IMAGES = 300  # NNCF's default subset size; more images barely move the 
 #   pixels (offsets times up to the stride, sizes squared times the anchors); int8 there moves boxes by whole
 #   pixels and costs mAP50-95. The score convs (objectness and classes, na·(nc+1) of the na·(nc+5) channels, the
 #   largest 1x1 convs of small models at nc=80), their sigmoids and the score rows up to the final concat with the
-#   boxes are int8: in the README's accuracy table that moved mAP50-95 by under 0.003.
+#   boxes are int8: in the README's accuracy table that moved mAP50-95 by under 0.003. (The quantizer leaves the
+#   box convs float; the ONNX export then runs them on the int8 bytes with int8 weights and float outputs:
+#   _float_convs_as_integer_matmuls.)
 FLOAT_LAYERS = ("first", "last")
 REDUCE_RANGE = ("auto", "on", "off")  # --int8-reduce-range: 7-bit ONNX weights on CPUs without int8 dot products
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of x86 int8 dot-product instructions
@@ -377,6 +381,55 @@ def _float_convs_as_integer_matmuls(proto, numpy_helper, helper, weight_max: int
     return done
 
 
+def _pad_convs_to_blocks(proto, numpy_helper, helper, convs, block: int = 16) -> int:
+    """Give each quantized conv named in `convs` zero filters up to a multiple of `block` output channels, and slice
+    the extra channels off its bytes right after its QuantizeLinear.
+
+    ONNX Runtime's int8 conv takes a slow path where the output channels are not a multiple of 16: in one profile
+    (2 threads, 64 -> N channels at 80x80) N = 243 took 0.49 ms and N = 256 0.32 ms, N = 27 0.09 and N = 32 0.06 ms.
+    Detect's score convs have na·(nc+1) channels (243 at 80 classes, 27 at 8); the slice is one copy of their bytes.
+    Exact: the kept channels are the same values. A padded filter has weight scale 1 and a zero bias at scale input
+    scale x 1 (ONNX Runtime fuses the conv only where every bias scale is input scale x weight scale). Only a Conv
+    whose weights and bias come from DequantizeLinear (per output channel, as the quantizer writes them) and whose
+    output one QuantizeLinear reads is padded. Returns how many were."""
+    init, producer, readers = _graph_index(proto)
+    done = 0
+    for n in [n for n in proto.graph.node if n.op_type == "Conv" and n.name in convs]:
+        parts = [producer.get(t) for t in n.input[:3]] + [None] * (3 - len(n.input))
+        q = readers.get(n.output[0], [])
+        if any(p is None or p.op_type != "DequantizeLinear" for p in parts) or len(q) != 1 or \
+                q[0].op_type != "QuantizeLinear" or not all(t in init for p in parts[1:] for t in p.input):
+            continue
+        x_scale = _constant_value(parts[0].input[1], init, producer, numpy_helper)
+        weights, bias = ([numpy_helper.to_array(init[t]) for t in p.input] for p in parts[1:])
+        channels = len(weights[0])
+        padded = -(-channels // block) * block
+        if x_scale is None or x_scale.size != 1 or padded == channels or \
+                any(a.shape[:1] != (channels,) for a in weights + bias):
+            continue
+        fill = {0: 0, 1: 1.0}  # weights and zero points 0, weight scale 1
+        for k, (t, a) in enumerate(zip(parts[1].input, weights)):
+            extra = np.full((padded - channels, *a.shape[1:]), fill.get(k, 0), a.dtype)
+            init[t].CopyFrom(numpy_helper.from_array(np.concatenate([a, extra]), t))
+        for k, (t, a) in enumerate(zip(parts[2].input, bias)):  # bias, its scale, its zero point
+            extra = np.full(padded - channels, x_scale.astype(np.float32) if k == 1 else 0, a.dtype)
+            init[t].CopyFrom(numpy_helper.from_array(np.concatenate([a, extra]), t))
+        q = q[0]
+        name = q.output[0]
+        consts = {f"{name}_starts": [0], f"{name}_ends": [channels], f"{name}_axes": [1]}
+        proto.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+        for r in readers.get(name, []):
+            r.input[:] = [f"{name}_kept" if t == name else t for t in r.input]
+        for o in proto.graph.output:
+            if o.name == name:
+                o.name = f"{name}_kept"
+        i = list(proto.graph.node).index(q)
+        proto.graph.node.insert(i + 1, helper.make_node("Slice", [name, *consts], [f"{name}_kept"],
+                                                        name=f"{name}_kept_channels"))
+        done += 1
+    return done
+
+
 def _constant_value(name: str, init: dict, producer: dict, numpy_helper):
     """The array behind a tensor name that an initializer or a Constant node holds, else None."""
     if name in init:
@@ -466,7 +519,9 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
                      if n.name in score_path and n.op_type != "Conv" for t in n.output}
     options = {"nodes_to_exclude": exclude, "extra_options": {"CalibMovingAverage": True,
                                                               "TensorQuantOverrides": probabilities}}
-    candidates = [_quantized(onnx, ortq, proto, calib, out, reduce_range=b == 7, **options) for b in bits]
+    score_convs = {n.name for n in proto.graph.node if n.name in score_path and n.op_type == "Conv"}
+    candidates = [_quantized(onnx, ortq, proto, calib, out, score_convs, reduce_range=b == 7, **options)
+                  for b in bits]
     qproto = candidates[0]
     if len(candidates) > 1:
         images = calib.sample(COMPARE_IMAGES)
@@ -484,9 +539,10 @@ def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out:
     return out
 
 
-def _quantized(onnx, ortq, proto, calib: CalibrationImages, out: Path, **options):
+def _quantized(onnx, ortq, proto, calib: CalibrationImages, out: Path, score_convs=(), **options):
     """quantize_static of `proto` calibrated on `calib` (QDQ, per-channel int8 weights, uint8 activations, MinMax;
-    `options`: its other arguments), then the three graph rewrites -> the quantized ModelProto."""
+    `options`: its other arguments), then the graph rewrites (`score_convs`: Detect's score convs, padded to
+    blocks of 16 channels) -> the quantized ModelProto."""
     class Reader(ortq.CalibrationDataReader):
         def __init__(self):
             self.it = iter(calib)
@@ -513,6 +569,7 @@ def _quantized(onnx, ortq, proto, calib: CalibrationImages, out: Path, **options
     _upsamples_as_byte_copies(qproto, onnx.numpy_helper, onnx.helper)
     weight_max = 64 if options.get("reduce_range") else 127  # onnxruntime's 7-bit weights span +-64
     _float_convs_as_integer_matmuls(qproto, onnx.numpy_helper, onnx.helper, weight_max)
+    _pad_convs_to_blocks(qproto, onnx.numpy_helper, onnx.helper, score_convs)
     return qproto
 
 

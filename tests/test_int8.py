@@ -244,9 +244,10 @@ def test_openvino_int8_export_does_not_pass_on_torchs_no_cuda_warning(exports):
 
 def test_detect_score_convs_are_int8_and_box_outputs_float(exports):
     # Detect traces a box conv (na·4 = 12 channels) and a score conv (na·(nc+1) = 27) per level: int8 box outputs
-    # lose pixels, int8 scores lose nothing measurable. ONNX runs the box convs as integer matmuls with float outputs.
+    # lose pixels, int8 scores lose nothing measurable. ONNX runs the box convs as integer matmuls with float outputs,
+    # and the score convs with zero filters up to 32 channels (ONNX Runtime's int8 convs want blocks of 16).
     found = _detect_convs_in_int8(exports)
-    assert found["onnx"] == [(12, "integer matmul")] * 3 + [(27, "int8")] * 3
+    assert found["onnx"] == [(12, "integer matmul")] * 3 + [(32, "int8")] * 3
     if "openvino" in found:
         assert found["openvino"] == [(12, "float")] * 3 + [(27, "int8")] * 3
 
@@ -620,6 +621,41 @@ def test_float_box_convs_run_as_integer_matmuls_on_the_bytes():
     assert (np.abs(got[1] - want[1]) <= bound + 1e-5).all() and np.abs(got[1] - want[1]).max() > 1e-5
     assert all(np.array_equal(g, w) for g, w in zip(got[2:], want[2:]))
     assert _float_convs_as_integer_matmuls(model, numpy_helper, helper) == 0  # nothing left to rewrite
+
+
+def test_score_convs_padded_to_blocks_of_16_give_the_same_bytes(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _pad_convs_to_blocks
+    rng = np.random.default_rng(0)
+    inits, nodes = _qdq(helper, numpy_helper, "x", 0.05, 10)
+    w_scale = rng.uniform(0.001, 0.01, 27).astype(np.float32)
+    inits += [numpy_helper.from_array(rng.integers(-63, 64, (27, 8, 1, 1)).astype(np.int8), "w_q"),
+              numpy_helper.from_array(w_scale, "w_s"), numpy_helper.from_array(np.zeros(27, np.int8), "w_z"),
+              numpy_helper.from_array(rng.integers(-500, 500, 27).astype(np.int32), "b_q"),
+              numpy_helper.from_array(np.float32(0.05) * w_scale, "b_s"),
+              numpy_helper.from_array(np.zeros(27, np.int32), "b_z")]
+    nodes += [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=0),
+              helper.make_node("DequantizeLinear", ["b_q", "b_s", "b_z"], ["b"], axis=0),
+              helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], name="score")]
+    i, n = _qdq(helper, numpy_helper, "y", 0.1, 128)
+    nodes += n + [helper.make_node("Sigmoid", ["y_dq"], ["p"])]
+    value = lambda name, c: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, c, 5, 6])
+    graph = helper.make_graph(nodes, "score", [value("x", 8)], [value("p", 27)], inits + i)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = {"x": rng.uniform(-1, 13, (1, 8, 5, 6)).astype(np.float32)}
+    want = _run_onnx(model, x)
+    assert _pad_convs_to_blocks(model, numpy_helper, helper, {"other"}) == 0  # only the named convs
+    assert _pad_convs_to_blocks(model, numpy_helper, helper, {"score"}) == 1
+    onnx.checker.check_model(model)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert init["w_q"].shape[0] == 32 and not init["w_q"][27:].any() and not init["b_q"][27:].any()
+    assert "Slice" in [n.op_type for n in model.graph.node]
+    got = _run_onnx(model, x, optimized=tmp_path / "opt.onnx")
+    assert np.array_equal(got[0], want[0])
+    # the padded bias scales keep input scale x weight scale, so ONNX Runtime still fuses an int8 conv
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert _pad_convs_to_blocks(model, numpy_helper, helper, {"score"}) == 0  # already whole blocks
 
 
 def test_seven_bit_box_weights_where_the_convs_have_them():
