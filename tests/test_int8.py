@@ -517,6 +517,37 @@ def test_shared_concat_ranges_keep_the_values_and_requantize_the_biases(tmp_path
     assert (np.abs(_run_onnx(model, feeds)[0][0] - exact) <= bound).all()
 
 
+def test_a_relu_input_keeps_its_range_where_the_others_share_one(tmp_path):
+    # The seed's PAN joins: a ReLU backbone tensor (range from 0: the quantizer dropped the ReLU, the bytes clip)
+    # meets a SiLU head tensor. The backbone input keeps its range and is requantized by the concat; the head input
+    # and the output share one range, so the head's bytes are copied. Only where that widens neither by over 10 %.
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _share_concat_ranges
+    def join(c_scale):
+        inits, nodes = [], []
+        for name, sc, z in (("x1", 0.04, 0), ("x2", 0.05, 10), ("c", None, 10)):
+            if name == "c":
+                nodes.append(helper.make_node("Concat", ["x1_dq", "x2_dq"], ["c"], axis=1))
+            i, n = _qdq(helper, numpy_helper, name, c_scale if sc is None else sc, z)
+            inits += i
+            nodes += n
+        value = lambda name, c: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, c, 3, 3])
+        graph = helper.make_graph(nodes, "join", [value("x1", 2), value("x2", 2)], [value("c_dq", 4)], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    pairs = lambda m: {t.name: float(numpy_helper.to_array(t)) for t in m.graph.initializer}
+    model = join(0.048)  # c: [-0.48, 11.76]; x2: [-0.5, 12.25], 4 % wider; x1: [0, 10.2]
+    assert _share_concat_ranges(model, numpy_helper) == 1
+    p = pairs(model)
+    assert (p["c_s"], p["c_z"]) == (p["x2_s"], p["x2_z"]) == (float(np.float32(0.05)), 10)
+    assert (p["x1_s"], p["x1_z"]) == (float(np.float32(0.04)), 0)  # the ReLU clipping stays in x1's bytes
+    feeds = {"x1": np.full((1, 2, 3, 3), -3.0, np.float32), "x2": np.full((1, 2, 3, 3), -0.3, np.float32)}
+    out = _run_onnx(model, feeds, tmp_path / "opt.onnx")[0]
+    assert (out[:, :2] == 0).all() and np.allclose(out[:, 2:], -0.3)  # negatives clipped in x1 only
+    assert "QLinearConcat" in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert _share_concat_ranges(join(0.04), numpy_helper) == 0  # c [-0.4, 9.8]: 25 % wider shared, so left as is
+
+
 def test_hard_sigmoid_runs_as_one_int8_requantization(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
