@@ -548,6 +548,42 @@ def test_a_relu_input_keeps_its_range_where_the_others_share_one(tmp_path):
     assert _share_concat_ranges(join(0.04), numpy_helper) == 0  # c [-0.4, 9.8]: 25 % wider shared, so left as is
 
 
+def test_joins_with_a_reshaped_tensor_run_channels_last_on_the_same_bytes(tmp_path):
+    # The seed's PAN joins: one input comes out of the channel shuffle's Reshape, which ONNX Runtime's layout
+    # transposes cannot pass; joined channels-last, only that input is transposed
+    import onnx
+    from onnx import helper, numpy_helper
+    from models.int8 import _channels_last_joins
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([1, 4, 3, 5], np.int64), "shape"),
+             numpy_helper.from_array(rng.uniform(-1, 1, (3, 2, 1, 1)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["a", "shape"], ["ar"]), helper.make_node("Conv", ["b", "w"], ["bc"])]
+    for name, sc, z in (("ar", 0.04, 5), ("bc", 0.05, 10)):
+        i, n = _qdq(helper, numpy_helper, name, sc, z)
+        inits += i
+        nodes += n
+    nodes.append(helper.make_node("Concat", ["ar_dq", "bc_dq"], ["c"], axis=1))
+    nodes.append(helper.make_node("Concat", ["bc_dq", "bc_dq"], ["d"], axis=1))  # no reshaped input: stays
+    for name in ("c", "d"):
+        i, n = _qdq(helper, numpy_helper, name, 0.05, 10)
+        inits += i
+        nodes += n
+    value = lambda name, shape: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "joins", [value("a", [1, 4, 15]), value("b", [1, 2, 3, 5])],
+                              [value("c_dq", [1, 7, 3, 5]), value("d_dq", [1, 6, 3, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = {"a": rng.uniform(-0.2, 10, (1, 4, 15)).astype(np.float32),
+             "b": rng.uniform(-3, 3, (1, 2, 3, 5)).astype(np.float32)}
+    want = _run_onnx(model, feeds)
+    assert _channels_last_joins(model, helper) == 1
+    onnx.checker.check_model(model)
+    axes = {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in model.graph.node if n.op_type == "Concat"}
+    assert axes == {"c": 3, "d": 1}
+    got = _run_onnx(model, feeds, tmp_path / "opt.onnx")
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert "QLinearConcat" in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+
+
 def test_hard_sigmoid_runs_as_one_int8_requantization(tmp_path):
     import onnx
     from onnx import helper, numpy_helper
