@@ -449,6 +449,7 @@ def _pad_convs_to_blocks(proto, numpy_helper, helper, convs, block: int = 16) ->
         i = list(proto.graph.node).index(q)
         proto.graph.node.insert(i + 1, helper.make_node("Slice", [name, *consts], [f"{name}_kept"],
                                                         name=f"{name}_kept_channels"))
+        _forget_shapes(proto, [n.output[0], name])  # now `padded` channels wide
         done += 1
     return done
 
@@ -510,10 +511,19 @@ def _channels_last_joins(proto, helper) -> int:
             r.input[:] = [back if t == q.output[0] else t for t in r.input]
         proto.graph.node.insert(list(proto.graph.node).index(q) + 1, helper.make_node(
             "Transpose", [q.output[0]], [back], perm=[0, 3, 1, 2], name=back))
+        _forget_shapes(proto, [n.output[0], q.output[0]])  # now channels-last
         dropped += [d.output[0] for d in dqs]
         done += 1
     _drop_unread(proto, dropped)  # the channels-first DequantizeLinear nodes
     return done
+
+
+def _forget_shapes(proto, names) -> None:
+    """Drop the recorded shapes (value_info) of tensors a rewrite gave another shape, which ONNX Runtime would
+    otherwise warn about when it loads the model."""
+    stale = [v for v in proto.graph.value_info if v.name in set(names)]
+    for v in stale:
+        proto.graph.value_info.remove(v)
 
 
 def _constant_value(name: str, init: dict, producer: dict, numpy_helper):

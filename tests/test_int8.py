@@ -570,7 +570,8 @@ def test_joins_with_a_reshaped_tensor_run_channels_last_on_the_same_bytes(tmp_pa
         nodes += n
     value = lambda name, shape: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape)
     graph = helper.make_graph(nodes, "joins", [value("a", [1, 4, 15]), value("b", [1, 2, 3, 5])],
-                              [value("c_dq", [1, 7, 3, 5]), value("d_dq", [1, 6, 3, 5])], inits)
+                              [value("c_dq", [1, 7, 3, 5]), value("d_dq", [1, 6, 3, 5])], inits,
+                              value_info=[value("c", [1, 7, 3, 5]), value("d", [1, 6, 3, 5])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     feeds = {"a": rng.uniform(-0.2, 10, (1, 4, 15)).astype(np.float32),
              "b": rng.uniform(-3, 3, (1, 2, 3, 5)).astype(np.float32)}
@@ -579,6 +580,7 @@ def test_joins_with_a_reshaped_tensor_run_channels_last_on_the_same_bytes(tmp_pa
     onnx.checker.check_model(model)
     axes = {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in model.graph.node if n.op_type == "Concat"}
     assert axes == {"c": 3, "d": 1}
+    assert [v.name for v in model.graph.value_info] == ["d"]  # c is channels-last now: its recorded shape goes
     got = _run_onnx(model, feeds, tmp_path / "opt.onnx")
     assert all(np.array_equal(g, w) for g, w in zip(got, want))
     assert "QLinearConcat" in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
@@ -708,7 +710,8 @@ def test_score_convs_padded_to_blocks_of_16_give_the_same_bytes(tmp_path):
     i, n = _qdq(helper, numpy_helper, "y", 0.1, 128)
     nodes += n + [helper.make_node("Sigmoid", ["y_dq"], ["p"])]
     value = lambda name, c: helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, c, 5, 6])
-    graph = helper.make_graph(nodes, "score", [value("x", 8)], [value("p", 27)], inits + i)
+    graph = helper.make_graph(nodes, "score", [value("x", 8)], [value("p", 27)], inits + i,
+                              value_info=[value("y", 27)])  # as onnxruntime's quantizer records shapes
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = {"x": rng.uniform(-1, 13, (1, 8, 5, 6)).astype(np.float32)}
     want = _run_onnx(model, x)
@@ -718,6 +721,7 @@ def test_score_convs_padded_to_blocks_of_16_give_the_same_bytes(tmp_path):
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert init["w_q"].shape[0] == 32 and not init["w_q"][27:].any() and not init["b_q"][27:].any()
     assert "Slice" in [n.op_type for n in model.graph.node]
+    assert "y" not in [v.name for v in model.graph.value_info]  # 32 channels now: ONNX Runtime would warn
     got = _run_onnx(model, x, optimized=tmp_path / "opt.onnx")
     assert np.array_equal(got[0], want[0])
     # the padded bias scales keep input scale x weight scale, so ONNX Runtime still fuses an int8 conv
