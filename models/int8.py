@@ -179,8 +179,25 @@ def _splice(proto, old: list, new: list) -> None:
     i = list(proto.graph.node).index(old[0])
     for node in old:
         proto.graph.node.remove(node)
-    for k, node in enumerate(new):
+    _insert(proto, i, new)
+
+
+def _insert(proto, i: int, nodes: list) -> None:
+    """Put `nodes`, in order, at position i of the graph's node list."""
+    for k, node in enumerate(nodes):
         proto.graph.node.insert(i + k, node)
+
+
+def _read_through(proto, readers: dict, after, node) -> None:
+    """Insert `node`, which reads the first output t of `after`, right behind it, and make every other reader of t
+    (the nodes in `readers`, a graph output) read the output of `node` instead."""
+    t, new = after.output[0], node.output[0]
+    for r in readers.get(t, []):
+        r.input[:] = [new if x == t else x for x in r.input]
+    for o in proto.graph.output:
+        if o.name == t:
+            o.name = new
+    _insert(proto, list(proto.graph.node).index(after) + 1, [node])
 
 
 def _drop_unread(proto, names) -> None:
@@ -441,14 +458,8 @@ def _pad_convs_to_blocks(proto, numpy_helper, helper, convs, block: int = 16) ->
         name = q.output[0]
         consts = {f"{name}_starts": [0], f"{name}_ends": [channels], f"{name}_axes": [1]}
         proto.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
-        for r in readers.get(name, []):
-            r.input[:] = [f"{name}_kept" if t == name else t for t in r.input]
-        for o in proto.graph.output:
-            if o.name == name:
-                o.name = f"{name}_kept"
-        i = list(proto.graph.node).index(q)
-        proto.graph.node.insert(i + 1, helper.make_node("Slice", [name, *consts], [f"{name}_kept"],
-                                                        name=f"{name}_kept_channels"))
+        _read_through(proto, readers, q, helper.make_node("Slice", [name, *consts], [f"{name}_kept"],
+                                                          name=f"{name}_kept_channels"))
         _forget_shapes(proto, [n.output[0], name])  # now `padded` channels wide
         done += 1
     return done
@@ -498,19 +509,15 @@ def _channels_last_joins(proto, helper) -> int:
             new += [helper.make_node("Transpose", [d.input[0]], [t], perm=[0, 2, 3, 1], name=t),
                     helper.make_node("DequantizeLinear", [t, *d.input[1:]], [f"{t}_float"], name=f"{t}_float")]
             inputs.append(f"{t}_float")
-        i = list(proto.graph.node).index(n)
-        for k, node in enumerate(new):
-            proto.graph.node.insert(i + k, node)
+        _insert(proto, list(proto.graph.node).index(n), new)
         n.input[:] = inputs
         for a in n.attribute:
             if a.name == "axis":
                 a.i = 3
         q = out[0]
         back = f"{q.output[0]}_nchw"
-        for r in readers.get(q.output[0], []):
-            r.input[:] = [back if t == q.output[0] else t for t in r.input]
-        proto.graph.node.insert(list(proto.graph.node).index(q) + 1, helper.make_node(
-            "Transpose", [q.output[0]], [back], perm=[0, 3, 1, 2], name=back))
+        _read_through(proto, readers, q, helper.make_node("Transpose", [q.output[0]], [back], perm=[0, 3, 1, 2],
+                                                          name=back))
         _forget_shapes(proto, [n.output[0], q.output[0]])  # now channels-last
         dropped += [d.output[0] for d in dqs]
         done += 1
@@ -521,7 +528,8 @@ def _channels_last_joins(proto, helper) -> int:
 def _forget_shapes(proto, names) -> None:
     """Drop the recorded shapes (value_info) of tensors a rewrite gave another shape, which ONNX Runtime would
     otherwise warn about when it loads the model."""
-    stale = [v for v in proto.graph.value_info if v.name in set(names)]
+    names = set(names)
+    stale = [v for v in proto.graph.value_info if v.name in names]
     for v in stale:
         proto.graph.value_info.remove(v)
 
