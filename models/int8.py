@@ -603,18 +603,24 @@ def _upsamples_as_byte_copies(proto, numpy_helper, helper) -> int:
 
 
 def quantize_onnx(onnx_file: Path, calib: CalibrationImages, n_layers: int, out: Path,
-                  reduce_range: str = "auto") -> Path:
+                  reduce_range: str = "auto", unshuffle: bool = False) -> Path:
     """<stem>_int8.onnx from an fp32 ONNX file (opset >= 13): QDQ, per-channel int8 weights (8 or 7 bits:
     `reduce_range` is --int8-reduce-range, see weight_bits_to_try), uint8 activations, MinMax ranges averaged over
     the images (not their extremes: rare outliers would widen every step); the stem and Detect's box path stay float
     (FLOAT_LAYERS). Where both widths are tried, the one whose boxes are closer to fp32's is written
-    (_box_errors). Metadata props are copied from the fp32 file."""
+    (_box_errors). Metadata props are copied from the fp32 file. `unshuffle`: quantize the graph with its channel
+    shuffles carried by the weights (models/channel_order.py; off: it measured no faster, see
+    benchmarks/int8_unshuffle.py)."""
     from models.exporters import require
     onnx = require("onnx", "ONNX INT8", "pip install onnx")
     ortq = require("onnxruntime.quantization", "ONNX INT8", "pip install onnxruntime")
     bits = weight_bits_to_try(reduce_range)
     proto = onnx.load(str(onnx_file))
     _own_initializers(proto, onnx)
+    if unshuffle:
+        from models.channel_order import unshuffle as unshuffled
+        LOGGER.info(f"ONNX INT8: {unshuffled(proto, onnx, importlib.import_module('onnxruntime'))} channel "
+                    f"shuffles carried by the weights")
     keep, score_path = _float_prefixes(n_layers), _score_path(proto.graph, n_layers)
     exclude = [n.name for n in proto.graph.node if _in_float(n.name, keep, score_path)]
     # Everything after the score convs' sigmoids is a probability: all of it gets the range [0, 1] (scale 1/255),
