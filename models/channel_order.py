@@ -36,6 +36,7 @@ def _constant(name: str, init: dict, consts: dict, numpy_helper):
 
 
 def _attr(node, name: str, default=None):
+    """A node's int or ints attribute `name`, or `default`."""
     for a in node.attribute:
         if a.name == name:
             return a.i if a.type == a.INT else list(a.ints)
@@ -59,7 +60,7 @@ def _interleaves(proto, init: dict, consts: dict, producer: dict, readers: dict,
             continue
         if any(len(readers.get(u.output[0], [])) != 1 for u in ups):
             continue
-        if any(n is not r and n.op_type != "Shape" for n in readers.get(c.output[0], [])):
+        if any(n.output[0] != r.output[0] and n.op_type != "Shape" for n in readers.get(c.output[0], [])):
             continue
         found[r.output[0]] = (ups[0].input[0], ups[1].input[0], [*ups, c, r])
     return found
@@ -100,9 +101,10 @@ class _Rewrite:
         self.channels: dict = {}  # tensor -> channel count
         self.new_nodes: dict = {}  # index of a node in the graph -> nodes to insert before it
         self.at = 0  # index of the node being rewritten
-        self.names: set = {o for n in proto.graph.node for o in n.output} | set(self.init)
+        self.names: set = {x for n in proto.graph.node for x in (n.name, *n.output)} | set(self.init)
 
     def fresh(self, base: str) -> str:
+        """A tensor and node name starting with `base` that the graph does not use yet."""
         name, k = base, 0
         while name in self.names:
             k += 1
@@ -111,6 +113,7 @@ class _Rewrite:
         return name
 
     def constant(self, base: str, array) -> str:
+        """A new initializer holding `array`; -> its name."""
         name = self.fresh(base)
         t = self.nh.from_array(np.asarray(array), name)
         self.proto.graph.initializer.append(t)
@@ -174,6 +177,7 @@ class _Rewrite:
         return self.cached[t]
 
     def weight(self, name: str, array, base: str) -> str:
+        """A new initializer with the reordered values of the weight `name` (shared weights stay as they are)."""
         return self.constant(f"{base}_reordered", array.astype(self.nh.to_array(self.init[name]).dtype))
 
 
