@@ -25,37 +25,23 @@ import copy
 
 import numpy as np
 
-
-def _constant(name: str, init: dict, consts: dict, numpy_helper):
-    """The value of an initializer or Constant output, or None."""
-    if name in init:
-        return numpy_helper.to_array(init[name])
-    if name in consts:
-        return numpy_helper.to_array(consts[name].attribute[0].t)
-    return None
+from models.int8 import _constant_value
+from models.onnx_layout import _attrs
 
 
-def _attr(node, name: str, default=None):
-    """A node's int or ints attribute `name`, or `default`."""
-    for a in node.attribute:
-        if a.name == name:
-            return a.i if a.type == a.INT else list(a.ints)
-    return default
-
-
-def _interleaves(proto, init: dict, consts: dict, producer: dict, readers: dict, numpy_helper) -> dict:
+def _interleaves(proto, init: dict, producer: dict, readers: dict, numpy_helper) -> dict:
     """{Reshape output: (a, b, nodes of the pattern)} for each Reshape(Concat(Unsqueeze(a, 2), Unsqueeze(b, 2),
     axis=2)) that only the Reshape (and Shape nodes) read: the interleave a0, b0, a1, b1, ... of a and b."""
     found = {}
     for r in proto.graph.node:
         c = producer.get(r.input[0]) if r.op_type == "Reshape" else None
-        if c is None or c.op_type != "Concat" or _attr(c, "axis") != 2 or len(c.input) != 2:
+        if c is None or c.op_type != "Concat" or _attrs(c).get("axis") != 2 or len(c.input) != 2:
             continue
         ups = [producer.get(t) for t in c.input]
         if not all(u is not None and u.op_type == "Unsqueeze" for u in ups):
             continue
-        axes = [_attr(u, "axes") if len(u.input) < 2 else _constant(u.input[1], init, consts, numpy_helper)
-                for u in ups]
+        axes = [_attrs(u).get("axes") if len(u.input) < 2 else
+                _constant_value(u.input[1], init, producer, numpy_helper) for u in ups]
         if any(a is None or list(np.atleast_1d(a)) != [2] for a in axes):
             continue
         if any(len(readers.get(u.output[0], [])) != 1 for u in ups):
@@ -66,6 +52,15 @@ def _interleaves(proto, init: dict, consts: dict, producer: dict, readers: dict,
     return found
 
 
+def _feeds(proto, fill) -> dict:
+    """{input name: fill(dims, np.float32)} for the graph's inputs; free dimensions get 1 for the batch and 64 for
+    the others."""
+    init = {t.name for t in proto.graph.initializer}
+    return {i.name: fill([d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 64)
+                          for k, d in enumerate(i.type.tensor_type.shape.dim)], np.float32)
+            for i in proto.graph.input if i.name not in init}
+
+
 def _values(proto, names: list, onnx, onnxruntime) -> dict:
     """{name: array} of the graph's tensors `names`, from one ONNX Runtime run on zeros (channel counts and slice
     bounds do not depend on the input; free dimensions get 1 for the batch and 64 for the others)."""
@@ -73,14 +68,7 @@ def _values(proto, names: list, onnx, onnxruntime) -> dict:
     del m.graph.output[:]
     for t in names:
         m.graph.output.append(onnx.helper.make_value_info(t, onnx.TypeProto()))
-    feeds = {}
-    init = {t.name for t in m.graph.initializer}
-    for i in m.graph.input:
-        if i.name in init:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 64)
-                for k, d in enumerate(i.type.tensor_type.shape.dim)]
-        feeds[i.name] = np.zeros(dims, np.float32)
+    feeds = _feeds(m, np.zeros)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -187,13 +175,13 @@ def unshuffle(proto, onnx, onnxruntime, rtol: float = 1e-4) -> int:
     numpy_helper = onnx.numpy_helper
     g = proto.graph
     init = {t.name: t for t in g.initializer}
-    consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+    consts = {n.output[0] for n in g.node if n.op_type == "Constant"}
     producer = {o: n for n in g.node for o in n.output}
     readers: dict = {}
     for n in g.node:
         for t in n.input:
             readers.setdefault(t, []).append(n)
-    shuffles = _interleaves(proto, init, consts, producer, readers, numpy_helper)
+    shuffles = _interleaves(proto, init, producer, readers, numpy_helper)
     if not shuffles:
         return 0
     slices = [n for t in shuffles for n in readers.get(t, []) if n.op_type == "Slice"]
@@ -235,7 +223,7 @@ def unshuffle(proto, onnx, onnxruntime, rtol: float = 1e-4) -> int:
                 if len(n.input) <= k or not n.input[k]:
                     return [default]
                 v = values.get(n.input[k])
-                v = _constant(n.input[k], init, consts, numpy_helper) if v is None else v
+                v = _constant_value(n.input[k], init, producer, numpy_helper) if v is None else v
                 return [] if v is None else [int(x) for x in np.atleast_1d(v)]
             starts, ends, axes, steps = arg(1, 0), arg(2, 0), arg(3, 0), arg(4, 1)
             if axes not in ([1], [-3]) or steps != [1] or len(starts) != 1 or len(ends) != 1:
@@ -243,7 +231,7 @@ def unshuffle(proto, onnx, onnxruntime, rtol: float = 1e-4) -> int:
             c = len(rw.where[t])
             rw.where[n.output[0]] = rw.where[t][slice(*(int(np.clip(v, -c, c)) for v in (starts[0], ends[0])))]
             dropped.add(n.output[0])
-        elif n.op_type == "Concat" and _attr(n, "axis") in (1, -3) and all(
+        elif n.op_type == "Concat" and _attrs(n).get("axis") in (1, -3) and all(
                 x in rw.where or x in rw.channels for x in n.input):
             rw.where[n.output[0]] = [w for x in n.input for w in
                                      rw.where.get(x) or [(x, k) for k in range(rw.channels[x])]]
@@ -252,7 +240,7 @@ def unshuffle(proto, onnx, onnxruntime, rtol: float = 1e-4) -> int:
         elif n.op_type == "Conv" and n.input[0] == t and len(shuffled) == 1 and n.input[1] in init:
             real, order = rw.made_real(t, prefix)
             w = numpy_helper.to_array(init[n.input[1]])
-            group = _attr(n, "group", 1)
+            group = _attrs(n).get("group", 1)
             if group == 1 and w.shape[1] == len(order):
                 n.input[1] = rw.weight(n.input[1], w[:, order], n.input[1])
             elif group == len(order) == w.shape[0] and w.shape[1] == 1:  # depth-wise: its output follows `order`
@@ -314,13 +302,7 @@ def _undo(proto, before) -> int:
 def _same_outputs(a, b, onnxruntime, rtol: float) -> bool:
     """Whether two graphs give the same outputs (up to rtol of the output's largest magnitude) on one random input."""
     rng = np.random.default_rng(0)
-    feeds = {}
-    init = {t.name for t in a.graph.initializer}
-    for i in a.graph.input:
-        if i.name not in init:
-            dims = [d.dim_value if d.HasField("dim_value") else (1 if k == 0 else 64)
-                    for k, d in enumerate(i.type.tensor_type.shape.dim)]
-            feeds[i.name] = rng.random(dims, dtype=np.float32)
+    feeds = _feeds(a, lambda dims, dtype: rng.random(dims, dtype=dtype))
     ya, yb = (onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
               for m in (a, b))
     return all(x.shape == y.shape and np.abs(x - y).max() <= rtol * max(np.abs(x).max(), 1e-6)
