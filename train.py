@@ -49,7 +49,8 @@ from models.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.autobatch import auto_batch_size  # noqa: E402
 from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_autocast, cpu_bf16_status,  # noqa: E402
-                               cuda_ids, de_parallel, init_seeds, select_device, torch_distributed_zero_first)
+                               cuda_ids, de_parallel, init_seeds, keep_freed_memory, select_device,
+                               torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -351,6 +352,8 @@ def record_recipe(s, hyp, opt) -> None:
 def train(hyp, opt, device):
     """Train one run; returns the final (P, R, mAP50, mAP50-95, val box, obj, cls losses)."""
     s = start_run(hyp, opt, device)
+    if device.type == "cpu":  # reuse freed activations: no page faults each step (7-10 % of a step at 320, 20 % at 640)
+        keep_freed_memory()
 
     # Model
     model, ckpt = build_model(opt, hyp, s.nc, device)

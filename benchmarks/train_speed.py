@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py                                 # both models, --img 320, 3 epochs, batch 16
     python benchmarks/train_speed.py --cfg yolov5n_shuffle.yaml --img 320 --epochs 2 --workers 2
-    python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --malloc both
+    python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 6 --workers 2 --optimizer AdamW --malloc both
     python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --bf16 off   # fp32
 
 Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
@@ -13,10 +13,11 @@ process tree (main + dataloader workers, sampled every 2 s: one reading of a 2 G
 so sampling every 0.1 s slowed the training it measured by a third; PSS counts memory shared after fork once). The load
 average is printed because the numbers are only comparable on an otherwise idle machine.
 
-`--malloc keep` calls utils.torch_utils.keep_freed_memory() in the child before training (glibc keeps freed blocks
-for reuse, as detect.py and val.py do, instead of page-faulting on fresh memory every step); `--malloc both` runs
-each model without and then with it, to show whether train.py should (it does not: see the README's training
-speed section).
+On a CPU train.py calls utils.torch_utils.keep_freed_memory() (glibc keeps freed memory for reuse, as in detect.py
+and val.py, instead of page-faulting on fresh memory every step). `--malloc glibc` trains without that call (glibc's
+defaults); `--malloc both` runs each model with glibc's defaults, then as train.py does. "faults" is the main
+process's page faults per epoch (thousands; median of the later epochs); with train.py's call they settle within two
+epochs, so compare with --epochs 6 or more.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def child(opt) -> None:
     sys.path.insert(0, str(ROOT))
     import train
 
-    times = {"train": [], "end": [], "loader": [], "optim": []}
+    times = {"train": [], "end": [], "loader": [], "optim": [], "faults": []}
     running = {"loader": 0.0, "optim": 0.0}  # summed inside the current epoch
 
     def timed(fn, key):
@@ -108,7 +109,9 @@ def child(opt) -> None:
     def epoch(fn):
         def wrapper(*args, **kwargs):
             running.update(loader=0.0, optim=0.0)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             out = fn(*args, **kwargs)
+            times["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
             times["loader"].append(running["loader"])
             times["optim"].append(running["optim"])
             return out
@@ -132,10 +135,8 @@ def child(opt) -> None:
     train.optimizer_step = optim(train.optimizer_step)
     train.build_loaders = loaders(train.build_loaders)
     train.end_epoch = timed(train.end_epoch, "end")
-    if opt.malloc == "keep":
-        from utils.torch_utils import keep_freed_memory
-        if not keep_freed_memory():
-            sys.exit("--malloc keep: this C library is not glibc, nothing to tune")
+    if opt.malloc == "glibc":
+        train.keep_freed_memory = lambda: False  # train.py's own call does nothing: glibc's default thresholds
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
@@ -147,7 +148,7 @@ def child(opt) -> None:
     sampler.join()
     print(MARK + json.dumps({
         "cfg": opt.cfg, "train_s": times["train"], "val_save_s": times["end"], "loader_s": times["loader"],
-        "optim_s": times["optim"], "total_s": time.perf_counter() - t0,
+        "optim_s": times["optim"], "faults": times["faults"], "total_s": time.perf_counter() - t0,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pss_tree_mb": sampler.peak,
         "threads": __import__("torch").get_num_threads()}), flush=True)
 
@@ -167,7 +168,7 @@ def child_args(opt, cfg: str, malloc: str) -> list:
 def parent(opt) -> None:
     """Run one child per model and print a table."""
     rows = []
-    modes = ["default", "keep"] if opt.malloc == "both" else [opt.malloc]
+    modes = ["glibc", "default"] if opt.malloc == "both" else [opt.malloc]
     for cfg, mode in ((c, m) for c in opt.cfg for m in modes):
         load0 = os.getloadavg()[0]
         p = subprocess.run([sys.executable, __file__] + child_args(opt, cfg, mode), capture_output=True, text=True,
@@ -177,21 +178,21 @@ def parent(opt) -> None:
             sys.exit(f"{cfg}: benchmark run failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         r = json.loads(line[len(MARK):])
         r["load"] = (load0, os.getloadavg()[0])
-        r["label"] = Path(cfg).stem + (" (malloc keep)" if mode == "keep" else "")
+        r["label"] = Path(cfg).stem + (" (glibc malloc)" if mode == "glibc" else "")
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
           f"--optimizer {opt.optimizer} --bf16 {opt.bf16} --data {opt.data} on {os.cpu_count()} CPUs "
           f"(torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
-    print(("%-32s" + "%11s" * 10) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
-                                      "total s", "RSS MB", "tree PSS", "load avg"))
+    print(("%-32s" + "%11s" * 11) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
+                                      "total s", "faults k", "RSS MB", "tree PSS", "load avg"))
     for r in rows:
         later = slice(1, None) if len(r["train_s"]) > 1 else slice(None)
         tr, va = median(r["train_s"][later]), median(r["val_save_s"][later])
         ld, op = median(r["loader_s"][later]), median(r["optim_s"][later])
-        print(("%-32s" + "%11.1f" * 9 + "%11s") % (
+        print(("%-32s" + "%11.1f" * 10 + "%11s") % (
             r["label"], r["train_s"][0] + r["val_save_s"][0], tr, ld, tr - ld - op, op, va, tr + va,
-            r["rss_main_mb"], r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
+            median(r["faults"][later]) / 1000, r["rss_main_mb"], r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
 
 
 def parse_opt(argv=None):
@@ -203,8 +204,8 @@ def parse_opt(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=8, help="dataloader workers (capped by the CPU count)")
     p.add_argument("--optimizer", default="auto", help="train.py --optimizer (the speed issue's recipe: AdamW)")
-    p.add_argument("--malloc", choices=("default", "keep", "both"), default="default",
-                   help="keep: glibc keeps freed memory for reuse (keep_freed_memory); both: each model without, then with")
+    p.add_argument("--malloc", choices=("default", "glibc", "both"), default="default",
+                   help="default: as train.py (freed memory kept for reuse); glibc: glibc's defaults; both: glibc, then default")
     p.add_argument("--bf16", choices=("auto", "off"), default="auto",
                    help="train.py --bf16: auto (bf16 autocast where the CPU runs it natively) or off (fp32)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -520,3 +520,11 @@ def test_cpu_training_memory_format(cfg, bf16, nhwc, data, tmp_path, monkeypatch
     monkeypatch.setattr(train, "train_one_epoch", spy)
     run_cli(args(data, tmp_path, "--device", "cpu", "--cfg", cfg))
     assert weights_cl == [nhwc] and inputs_cl and all(x == nhwc for x in inputs_cl)
+
+
+def test_cpu_training_keeps_freed_memory(data, tmp_path, monkeypatch, skip_final_validation):
+    """A CPU run lets glibc keep freed activations for reuse (tests/test_train_speed.py shows what that does)."""
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append("cpu") or True)
+    run_cli(args(data, tmp_path, "--device", "cpu"))
+    assert calls == ["cpu"]

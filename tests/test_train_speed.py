@@ -1,6 +1,9 @@
 """CPU training speed paths: bf16 autocast gives the plain fp32 loss within a measured tolerance, and switches
 itself off, with one line, where the CPU or torch cannot run it natively."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -134,7 +137,61 @@ def test_train_speed_benchmark_passes_its_settings_to_the_training_child(monkeyp
     monkeypatch.syspath_prepend(str(train.ROOT / "benchmarks"))
     import train_speed
     opt = train_speed.parse_opt(["--bf16", "off", "--epochs", "2", "--workers", "1", "--optimizer", "AdamW"])
-    child = train_speed.parse_opt(train_speed.child_args(opt, "yolov5n.yaml", "keep"))
-    assert child.child and child.cfg == ["yolov5n.yaml"] and child.malloc == "keep"
+    child = train_speed.parse_opt(train_speed.child_args(opt, "yolov5n.yaml", "glibc"))
+    assert child.child and child.cfg == ["yolov5n.yaml"] and child.malloc == "glibc"
     assert (child.bf16, child.epochs, child.workers, child.optimizer) == ("off", 2, 1, "AdamW")
     assert train_speed.parse_opt([]).bf16 == "auto"  # as train.py
+
+
+BIG_BLOCKS = """
+import multiprocessing, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+from utils import torch_utils
+from utils.dataloaders import seed_worker
+
+def faults_per_block(mb, out=None):
+    # page faults of allocating, filling and freeing an `mb` MB tensor 12 times, as training steps do with their
+    # largest activations (64 and 96 MB are over 32 MB, the largest size glibc keeps for reuse by itself); the sum
+    # of the last three: the heap grows for the first ones, until a freed block is large enough to be reused
+    counts = []
+    for _ in range(12):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(mb << 18)
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return out.put(sum(counts[-3:])) if out is not None else sum(counts[-3:])
+
+def worker(release, out):
+    torch.set_num_threads(1)  # as in a DataLoader worker (the parent's OpenMP threads do not survive the fork)
+    if release:
+        seed_worker(0)  # what a DataLoader worker runs first
+    faults_per_block(96, out)
+
+if sys.argv[2] == "tuned":
+    torch_utils.keep_freed_memory()  # what train.py does on a CPU
+results = []
+for release in (True, False):  # a forked loader worker, with and without seed_worker's release
+    q = multiprocessing.get_context("fork").Queue()
+    p = multiprocessing.get_context("fork").Process(target=worker, args=(release, q))
+    p.start()
+    results.append(q.get())
+    p.join()
+print(faults_per_block(64), *results, torch_utils._ALLOCATOR_TUNED)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning and page-fault counts")
+def test_training_process_reuses_big_blocks_and_workers_give_memory_back():
+    """keep_freed_memory() (train.py on a CPU) keeps even blocks over 32 MB for reuse: once the heap has grown to
+    fit them, no page faults for the next ones (glibc's defaults: one per 4 kB page, every time); a DataLoader
+    worker forked afterwards maps and unmaps such blocks again (seed_worker), so workers do not hoard memory."""
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", BIG_BLOCKS, str(train.ROOT), mode], cwd=train.ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return [int(x) for x in out[:3]], out[3]
+
+    pages = 3 * (64 << 20) // 4096  # 49,152 pages of 4 kB in three 64 MB blocks
+    (main, released, kept), tuned = run("tuned")
+    assert main < 600 and kept < 600 and tuned == "True", (main, kept)
+    assert released > pages, released  # the worker's 96 MB blocks are mapped afresh again: their memory went back
+    (main, released, kept), tuned = run("default")
+    assert main > pages // 2 and released > pages and kept > pages and tuned == "False", (main, released, kept)

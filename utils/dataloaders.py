@@ -29,7 +29,7 @@ from utils.label_cache import load_or_scan
 from utils.label_check import check_label_classes
 from utils.logger import LOGGER
 from utils.media_sources import LoadImages, LoadStreams  # noqa: F401
-from utils.torch_utils import RANK, torch_distributed_zero_first
+from utils.torch_utils import RANK, release_inherited_memory, torch_distributed_zero_first
 
 GENERATOR_SEED = 6148914691236517205  # 0x5555...: YOLOv5's base seed for the shuffling generator
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
@@ -384,10 +384,12 @@ class InfiniteDataLoader(DataLoader):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed.
+    """Seed numpy and random in each worker from torch's per-worker seed, and let a worker forked from a training
+    process that keeps freed memory (keep_freed_memory) return its inherited and freed memory as usual.
 
     (No cv2.setNumThreads here: in a worker forked after OpenCV started its thread pool, that call deadlocks.)
     """
+    release_inherited_memory()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -61,33 +61,60 @@ def select_device(device: str = "", batch_size: int = 0) -> torch.device:
 
 
 _ALLOCATOR_TUNED = False
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # mallopt parameter numbers from glibc's malloc.h
 
 
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed blocks of up to 32 MB for reuse instead of handing them back to the kernel.
-
-    By default glibc maps large blocks (activations, Detect's output) fresh from the kernel and unmaps them when
-    freed, so every forward pass touches new pages: about 4,800 page faults (11 ms of 56 ms) per 640x640 forward
-    of yolov5n on a 2-core CPU in a loop, 4 ms per image in detect.py. With mmap for blocks up to 32 MB off and
-    the trim threshold at 1 GB, the second forward reuses the first one's memory (0 faults); the price is that up
-    to that much freed memory stays with the process. Training does not call it: there glibc's own adaptive
-    threshold already settles (same epoch time) and forked data loader workers kept ~480 MB more.
-    Process-wide and harmless to call again; False where the C library is not glibc (macOS, Windows, musl),
-    which changes nothing there.
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith("linux"):
-        return _ALLOCATOR_TUNED
+def _glibc():
+    """This process's C library through ctypes if it is glibc on Linux, else None (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
         libc = ctypes.CDLL(None)  # the C library this process already uses
-        if not hasattr(libc, "gnu_get_libc_version"):
-            return False
-        m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from glibc's malloc.h
-        _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+        return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
     except (OSError, AttributeError, TypeError):
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc maps large blocks (activations, Detect's output) fresh from the kernel and unmaps them when
+    freed, and returns the free top of its heap once it exceeds a threshold, so every forward (and every training
+    step) touches new pages: about 4,800 page faults (11 ms of 56 ms) per 640x640 forward of yolov5n on a 2-core
+    CPU in a loop, 4 ms per image in detect.py; 22,000-64,000 faults per yolov5n training step at 320 (batch 16) and
+    344,000 at 640. Here no block is mapped on its own (mmap off, so blocks over 32 MB, the largest threshold glibc
+    accepts, come from the heap too) and the trim threshold is 1 GB: the next forward or step reuses the last one's
+    memory (0 faults); the price is that up to that much freed memory stays with the process. detect.py, val.py,
+    benchmarks.py and CPU training call it; DataLoader workers forked afterwards go back to bounded retention
+    (release_inherited_memory). Process-wide and harmless to call again; False where the C library is not glibc,
+    which changes nothing there.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    libc = _glibc()
+    if libc is None:
         return False
+    _ALLOCATOR_TUNED = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     return _ALLOCATOR_TUNED
+
+
+def release_inherited_memory() -> bool:
+    """In a process forked from one that called keep_freed_memory() (a DataLoader worker): give back the free memory
+    inherited from the parent and keep at most 64 MB of freed memory from now on (blocks over 32 MB mapped on their
+    own), about where glibc's adaptive thresholds settle by themselves. Without this each loader worker keeps
+    hundreds of MB. True if the settings were changed; nothing happens in a process that did not tune them."""
+    global _ALLOCATOR_TUNED
+    libc = _glibc() if _ALLOCATOR_TUNED else None
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_MAX, 65536)  # glibc's default count
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    libc.malloc_trim(0)
+    _ALLOCATOR_TUNED = False
+    return True
 
 
 def cpu_flags() -> set:
