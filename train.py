@@ -428,6 +428,18 @@ def train(hyp, opt, device):
     return s.results
 
 
+def keep_cpu_memory(device) -> bool:
+    """CPU training: glibc keeps freed activations for the next step instead of page-faulting in fresh memory every
+    step (see the README); says in one line where it cannot (a C library other than glibc). Elsewhere nothing."""
+    if device.type != "cpu":
+        return False
+    if keep_freed_memory():
+        return True
+    LOGGER.info(f"{colorstr('memory:')} the C library is not glibc, so freed activations go back to the system as it "
+                f"decides (each step may page-fault in fresh memory)")
+    return False
+
+
 def choose_cpu_bf16(mode: str, device) -> bool:
     """--bf16 auto: bf16 autocast for CPU training where the CPU runs bf16 natively; says which in one line."""
     if device.type != "cpu":
@@ -707,8 +719,7 @@ def main(opt):
     device = select_device(opt.device, batch_size=opt.batch_size)
     if LOCAL_RANK != -1:
         device = setup_ddp(opt, device)
-    if device.type == "cpu":  # this process reuses freed activations: no page faults every step (see the README)
-        keep_freed_memory()
+    keep_cpu_memory(device)
     hyp = load_hyp(opt.hyp)
     if opt.evolve:
         from utils.evolve import evolve

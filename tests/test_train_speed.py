@@ -54,6 +54,16 @@ def test_bf16_is_off_when_torch_cannot_run_it(monkeypatch):
     assert not ok and "oneDNN cannot run bf16" in why
 
 
+def test_kept_memory_is_off_with_one_line_without_glibc(monkeypatch):
+    monkeypatch.setattr(torch_utils, "_ALLOCATOR_TUNED", False)
+    monkeypatch.setattr(torch_utils, "_glibc", lambda: None)  # musl, macOS, Windows
+    with captured_log() as log:
+        assert train.keep_cpu_memory(torch.device("cpu")) is False
+        assert train.keep_cpu_memory(torch.device("meta")) is False  # not a CPU: nothing said, nothing done
+    assert len(log) == 1 and "not glibc" in log[0]
+    assert torch_utils._ALLOCATOR_TUNED is False
+
+
 def test_bf16_on_with_bf16_instructions_and_off_by_flag(monkeypatch):
     monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
