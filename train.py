@@ -49,8 +49,8 @@ from models.pretrained import load_shufflenet_backbone  # noqa: E402
 from utils.autobatch import auto_batch_size  # noqa: E402
 from utils.recipe import Recipe, count_images, resolve_recipe  # noqa: E402
 from utils.torch_utils import (LOCAL_RANK, RANK, WORLD_SIZE, cpu_bf16_autocast, cpu_bf16_status,  # noqa: E402
-                               cuda_ids, de_parallel, init_seeds, keep_freed_memory, select_device,
-                               torch_distributed_zero_first)
+                               cuda_ids, de_parallel, init_seeds, keep_freed_memory, out_of_place_activations,
+                               select_device, torch_distributed_zero_first)
 from utils.train_utils import (check_amp, git_info, intersect_dicts, labels_to_class_weights,  # noqa: E402
                                labels_to_image_weights, load_hyp, trim_results, write_results_row)
 
@@ -193,12 +193,12 @@ def optimizer_step(model, optimizer, scaler, ema, amp) -> bool:
 def forward_loss(s: "RunState", model, imgs, targets):
     """Forward and loss. CUDA AMP runs both under fp16 autocast, as YOLOv5 does. CPU bf16 runs only the network
     under bf16 autocast (depth-wise convs in fp32); its outputs are cast back, so the loss (like the master weights)
-    stays fp32."""
+    stays fp32. SiLU runs out of place here (out_of_place_activations: the same values without a copy per layer)."""
     if s.bf16:
-        with cpu_bf16_autocast():
+        with cpu_bf16_autocast(), out_of_place_activations(model):
             pred = model(imgs)
         return s.compute_loss([p.float() for p in pred], targets)
-    with torch.autocast(device_type=s.device.type, enabled=s.amp):
+    with torch.autocast(device_type=s.device.type, enabled=s.amp), out_of_place_activations(model):
         return s.compute_loss(model(imgs), targets)
 
 

@@ -40,6 +40,36 @@ def test_cpu_bf16_loss_matches_fp32(cfg):
                for p in model.parameters() if p.grad is not None)  # fp32 master weights and gradients
 
 
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
+def test_training_forward_runs_silu_out_of_place_with_the_same_loss_and_gradients(cfg):
+    torch.manual_seed(0)
+    model = Model(cfg, nc=8).train()
+    model.hyp, model.nc = load_hyp(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"), 8
+    imgs = torch.rand(4, 3, 128, 128)
+    targets = torch.tensor([[i % 4, i, 0.3 + 0.1 * (i % 4), 0.5, 0.2, 0.3] for i in range(8)])
+    s = train.RunState(save_dir=None, epochs=1, plots=False, device=torch.device("cpu"))
+    s.compute_loss = ComputeLoss(model)
+    acts = [m for m in model.modules() if isinstance(m, torch.nn.SiLU)]
+    assert acts and all(m.inplace for m in acts)  # as YOLOv5 builds them (initialize_weights)
+    seen = []
+    acts[0].register_forward_pre_hook(lambda m, _: seen.append(m.inplace))
+
+    def loss_and_grads(step):
+        model.zero_grad()
+        loss, items = step()
+        loss.backward()
+        return loss.detach(), items, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = loss_and_grads(lambda: s.compute_loss(model(imgs), targets))
+    assert seen and all(seen)  # the plain forward ran SiLU in place
+    seen.clear()
+    fast = loss_and_grads(lambda: train.forward_loss(s, model, imgs, targets))
+    assert seen and not any(seen)  # train.py's forward ran it out of place ...
+    assert all(m.inplace for m in acts)  # ... and left the model as it was
+    assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])  # the same bits
+    assert len(fast[2]) == len(plain[2]) and all(torch.equal(a, b) for a, b in zip(fast[2], plain[2]))
+
+
 def test_bf16_is_off_without_bf16_instructions(monkeypatch):
     monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
     with captured_log() as log:
