@@ -359,11 +359,10 @@ def train(hyp, opt, device):
         load_shufflenet_backbone(model, opt.backbone_weights)
     s.amp = check_amp(model)
     s.bf16 = choose_cpu_bf16(getattr(opt, "bf16", "auto"), device)  # opt.yaml of older runs has no bf16
-    # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), except under bf16 in models with the seed's
-    # ShuffleNetV2 units, whose channel split and shuffle make NHWC copies (see bf16_channels_last in
-    # models/common.py). Only the memory layout changes, not the values, and checkpoints load anywhere as before.
-    s.channels_last = device.type == "cpu" and (
-        not s.bf16 or all(getattr(m, "bf16_channels_last", True) for m in model.modules()))
+    # On CPUs, channels-last (NHWC) convolutions train faster (oneDNN), in fp32 and under bf16, the seed's ShuffleNetV2
+    # units included (benchmarks/train_step.py). Only the memory layout changes, not the values, and checkpoints load
+    # anywhere as before.
+    s.channels_last = device.type == "cpu"
     if s.channels_last:
         set_conv_memory_format(model, torch.channels_last)
     freeze_layers(model, opt.freeze)

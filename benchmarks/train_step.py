@@ -4,7 +4,9 @@
 
 Per model, five variants share one batch of random images and labels: NCHW and NHWC (channels-last) in fp32, the
 same two under train.py's bf16 autocast (depth-wise convs in fp32, utils.torch_utils.cpu_bf16_autocast), and
-NCHW under plain bf16 autocast (every conv in bf16). The variants take turns, one timed step each, so that a
+NCHW under plain bf16 autocast (every conv in bf16); all five run SiLU out of place in the forward, as train.py
+does (utils.torch_utils.out_of_place_activations). A sixth, NHWC fp32 with YOLOv5's in-place SiLU, shows what that
+saves. The variants take turns, one timed step each, so that a
 drifting machine slows them alike; printed are median milliseconds and the ratio to NCHW fp32, with the CPU named.
 bf16 on a CPU without bf16 instructions is emulated and slow: read those columns only where train.py would use it.
 """
@@ -25,20 +27,22 @@ import torch  # noqa: E402
 
 from models.yolo import Model, set_conv_memory_format  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
-from utils.torch_utils import cpu_bf16_autocast, cpu_description  # noqa: E402
+from utils.torch_utils import cpu_bf16_autocast, cpu_description, out_of_place_activations  # noqa: E402
 from utils.train_utils import load_hyp  # noqa: E402
 
-VARIANTS = {  # name: (channels-last, forward context)
-    "NCHW fp32": (False, contextlib.nullcontext),
-    "NHWC fp32": (True, contextlib.nullcontext),
-    "NCHW bf16": (False, cpu_bf16_autocast),
-    "NHWC bf16": (True, cpu_bf16_autocast),
-    "NCHW bf16, depth-wise too": (False, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+VARIANTS = {  # name: (channels-last, forward context, SiLU in place)
+    "NCHW fp32": (False, contextlib.nullcontext, False),
+    "NHWC fp32": (True, contextlib.nullcontext, False),
+    "NCHW bf16": (False, cpu_bf16_autocast, False),
+    "NHWC bf16": (True, cpu_bf16_autocast, False),
+    "NCHW bf16, depth-wise too": (False, lambda: torch.autocast("cpu", dtype=torch.bfloat16), False),
+    "NHWC fp32, SiLU in place": (True, contextlib.nullcontext, True),
 }
 
 
-def make_step(cfg: str, nhwc: bool, context, imgs: torch.Tensor, targets: torch.Tensor):
-    """A closure running one training step of a fresh `cfg` model (seed 0) in the given layout and context."""
+def make_step(cfg: str, nhwc: bool, context, in_place: bool, imgs: torch.Tensor, targets: torch.Tensor):
+    """A closure running one training step of a fresh `cfg` model (seed 0) in the given layout and context, with
+    SiLU in place (YOLOv5) or out of place (train.py)."""
     torch.manual_seed(0)
     model = Model(cfg, nc=8).train()
     model.hyp, model.nc = load_hyp(ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"), 8
@@ -49,7 +53,7 @@ def make_step(cfg: str, nhwc: bool, context, imgs: torch.Tensor, targets: torch.
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def step():
-        with context():
+        with context(), contextlib.nullcontext() if in_place else out_of_place_activations(model):
             pred = model(imgs)
         loss, _ = compute_loss([p.float() for p in pred], targets)
         loss.backward()
@@ -68,7 +72,7 @@ def run(cfg=("yolov5n.yaml", "yolov5n_shuffle.yaml"), batch=16, imgsz=320, steps
              f"torch {torch.__version__}, {cpu_description()}",
              "| model | " + " | ".join(VARIANTS) + " |", "|---|" + "---:|" * len(VARIANTS)]
     for c in cfg:
-        fns = {k: make_step(c, nhwc, ctx, imgs, targets) for k, (nhwc, ctx) in VARIANTS.items()}
+        fns = {k: make_step(c, *v, imgs, targets) for k, v in VARIANTS.items()}
         for f in fns.values():  # first steps build oneDNN primitives
             f()
             f()

@@ -266,12 +266,6 @@ class ShuffleNetV2_InvertedResidual(nn.Module):
     """
 
     channel_rule = "conv"
-    # CPU bf16 training keeps a model holding these units NCHW (train.py): their chunk and channel shuffle copy NHWC
-    # tensors, and under bf16 channels-last made the training step slower (benchmarks/train_step.py, batch 16 at 320,
-    # Xeon with AMX: yolov5n_shuffle 266 vs 215 ms, yolov5n_shufflenetv2_x1_0 562 vs 535 ms). In fp32 NHWC stays:
-    # x1_0 773 vs 901 ms NCHW (yolov5n_shuffle 309 vs 278). These were measured with cat + shuffle (two copies), before
-    # the single interleave below, and have not been measured again on a bf16 CPU. A class attribute: not in checkpoints.
-    bf16_channels_last = False
 
     def __init__(self, inp, oup, stride):
         super().__init__()

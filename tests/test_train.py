@@ -496,12 +496,11 @@ def test_cache_flag_modes():
         cache_modes("ramm")
 
 
-@pytest.mark.parametrize("cfg, bf16, nhwc", [("yolov5n_shuffle_cpu.yaml", True, True),
-                                             ("yolov5n_shuffle.yaml", False, True),
-                                             ("yolov5n_shuffle.yaml", True, False)])
-def test_cpu_training_memory_format(cfg, bf16, nhwc, data, tmp_path, monkeypatch, skip_final_validation):
-    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout), except under
-    bf16 for models with the seed's ShuffleNetV2 units, which train faster NCHW there."""
+@pytest.mark.parametrize("cfg, bf16", [("yolov5n_shuffle_cpu.yaml", True), ("yolov5n_shuffle.yaml", False),
+                                       ("yolov5n_shuffle.yaml", True)])
+def test_cpu_training_memory_format(cfg, bf16, data, tmp_path, monkeypatch, skip_final_validation):
+    """On CPU the conv weights and every training batch are channels-last (oneDNN's faster layout), in fp32 and
+    under bf16, for the seed's ShuffleNetV2 units too (since they shuffle in one interleaving copy)."""
     monkeypatch.setattr(train, "choose_cpu_bf16", lambda mode, device: bf16)  # bf16 is emulated where not native
     weights_cl, inputs_cl = [], []
     real = train.train_one_epoch
@@ -519,7 +518,7 @@ def test_cpu_training_memory_format(cfg, bf16, nhwc, data, tmp_path, monkeypatch
 
     monkeypatch.setattr(train, "train_one_epoch", spy)
     run_cli(args(data, tmp_path, "--device", "cpu", "--cfg", cfg))
-    assert weights_cl == [nhwc] and inputs_cl and all(x == nhwc for x in inputs_cl)
+    assert weights_cl == [True] and inputs_cl and all(inputs_cl)
 
 
 def test_cpu_training_keeps_freed_memory(data, tmp_path, monkeypatch, skip_final_validation):

@@ -281,9 +281,9 @@ def initialize_weights(model: nn.Module) -> None:
 def out_of_place_activations(model: nn.Module):
     """Inside the block (a training forward) the model's in-place SiLU and Hardswish run out of place, then are in
     place again. Their gradients need the input, so in place autograd first copies every such activation's input: one
-    extra copy of each activation per step (yolov5n at 320, batch 16, fp32 on 2 cores: 528 -> 498 ms a step with
-    AVX2 kernels, 397 -> 383 ms with AVX-512). The values are the same bit for bit; ReLU and LeakyReLU are left in
-    place (their gradients use the output)."""
+    extra copy of each activation per step (a yolov5n fp32 step at 320, batch 16, 2 cores: 2-7 % of its time,
+    benchmarks/train_step.py). The values are the same bit for bit; ReLU and LeakyReLU are left in place (their
+    gradients use the output)."""
     acts = [m for m in model.modules() if type(m) in (nn.SiLU, nn.Hardswish) and m.inplace]
     for m in acts:
         m.inplace = False
