@@ -52,7 +52,6 @@ def test_training_forward_runs_silu_out_of_place_with_the_same_loss_and_gradient
     acts = [m for m in model.modules() if isinstance(m, torch.nn.SiLU)]
     assert acts and all(m.inplace for m in acts)  # as YOLOv5 builds them (initialize_weights)
     seen = []
-    acts[0].register_forward_pre_hook(lambda m, _: seen.append(m.inplace))
 
     def loss_and_grads(step):
         model.zero_grad()
@@ -60,10 +59,15 @@ def test_training_forward_runs_silu_out_of_place_with_the_same_loss_and_gradient
         loss.backward()
         return loss.detach(), items, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    plain = loss_and_grads(lambda: s.compute_loss(model(imgs), targets))
-    assert seen and all(seen)  # the plain forward ran SiLU in place
-    seen.clear()
-    fast = loss_and_grads(lambda: train.forward_loss(s, model, imgs, targets))
+    # acts[0] may be Conv.default_act, shared by every Conv built in this process: the hook must not outlive the test
+    hook = acts[0].register_forward_pre_hook(lambda m, _: seen.append(m.inplace))
+    try:
+        plain = loss_and_grads(lambda: s.compute_loss(model(imgs), targets))
+        assert seen and all(seen)  # the plain forward ran SiLU in place
+        seen.clear()
+        fast = loss_and_grads(lambda: train.forward_loss(s, model, imgs, targets))
+    finally:
+        hook.remove()
     assert seen and not any(seen)  # train.py's forward ran it out of place ...
     assert all(m.inplace for m in acts)  # ... and left the model as it was
     assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])  # the same bits
