@@ -19,8 +19,9 @@ import train
 TOTAL_RTOL, ITEM_RTOL = 0.02, 0.05
 
 
-@pytest.mark.parametrize("cfg", ["yolov5n_shuffle.yaml", "yolov5n.yaml"])
-def test_cpu_bf16_loss_matches_fp32(cfg):
+def small_training_setup(cfg):
+    """A fresh `cfg` model (seed 0, 8 classes) in train mode, 4 random 128 px images, 8 labels, and a CPU RunState
+    with its loss: what train.forward_loss needs."""
     torch.manual_seed(0)
     model = Model(cfg, nc=8).train()
     model.hyp, model.nc = load_hyp(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"), 8
@@ -28,6 +29,12 @@ def test_cpu_bf16_loss_matches_fp32(cfg):
     targets = torch.tensor([[i % 4, i, 0.3 + 0.1 * (i % 4), 0.5, 0.2, 0.3] for i in range(8)])
     s = train.RunState(save_dir=None, epochs=1, plots=False, device=torch.device("cpu"))
     s.compute_loss = ComputeLoss(model)
+    return model, imgs, targets, s
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n_shuffle.yaml", "yolov5n.yaml"])
+def test_cpu_bf16_loss_matches_fp32(cfg):
+    model, imgs, targets, s = small_training_setup(cfg)
     loss32, items32 = train.forward_loss(s, model, imgs, targets)
     s.bf16 = True
     loss16, items16 = train.forward_loss(s, model, imgs, targets)
@@ -42,13 +49,7 @@ def test_cpu_bf16_loss_matches_fp32(cfg):
 
 @pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
 def test_training_forward_runs_silu_out_of_place_with_the_same_loss_and_gradients(cfg):
-    torch.manual_seed(0)
-    model = Model(cfg, nc=8).train()
-    model.hyp, model.nc = load_hyp(train.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"), 8
-    imgs = torch.rand(4, 3, 128, 128)
-    targets = torch.tensor([[i % 4, i, 0.3 + 0.1 * (i % 4), 0.5, 0.2, 0.3] for i in range(8)])
-    s = train.RunState(save_dir=None, epochs=1, plots=False, device=torch.device("cpu"))
-    s.compute_loss = ComputeLoss(model)
+    model, imgs, targets, s = small_training_setup(cfg)
     acts = [m for m in model.modules() if isinstance(m, torch.nn.SiLU)]
     assert acts and all(m.inplace for m in acts)  # as YOLOv5 builds them (initialize_weights)
     seen = []
