@@ -194,12 +194,13 @@ def forward_loss(s: "RunState", model, imgs, targets):
     """Forward and loss. CUDA AMP runs both under fp16 autocast, as YOLOv5 does. CPU bf16 runs only the network
     under bf16 autocast (depth-wise convs in fp32); its outputs are cast back, so the loss (like the master weights)
     stays fp32. SiLU runs out of place here (out_of_place_activations: the same values without a copy per layer)."""
-    if s.bf16:
-        with cpu_bf16_autocast(), out_of_place_activations(model):
-            pred = model(imgs)
-        return s.compute_loss([p.float() for p in pred], targets)
-    with torch.autocast(device_type=s.device.type, enabled=s.amp), out_of_place_activations(model):
-        return s.compute_loss(model(imgs), targets)
+    with out_of_place_activations(model):
+        if s.bf16:
+            with cpu_bf16_autocast():
+                pred = model(imgs)
+            return s.compute_loss([p.float() for p in pred], targets)
+        with torch.autocast(device_type=s.device.type, enabled=s.amp):
+            return s.compute_loss(model(imgs), targets)
 
 
 def train_one_epoch(s: "RunState", t: "Trainables", epoch: int, opt) -> torch.Tensor:
