@@ -75,6 +75,45 @@ def test_training_forward_runs_silu_out_of_place_with_the_same_loss_and_gradient
     assert len(fast[2]) == len(plain[2]) and all(torch.equal(a, b) for a, b in zip(fast[2], plain[2]))
 
 
+@pytest.fixture
+def deterministic_mode():
+    """torch's deterministic mode (as train.py sets it), undone afterwards: both switches are process-wide."""
+    import torch.utils.deterministic as deterministic
+    before = torch.are_deterministic_algorithms_enabled(), deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield deterministic
+    torch.use_deterministic_algorithms(before[0])
+    deterministic.fill_uninitialized_memory = before[1]
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov5n_shuffle.yaml"])
+def test_deterministic_training_without_the_nan_fill_gives_the_same_bits(cfg, deterministic_mode):
+    model, imgs, targets, s = small_training_setup(cfg)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+
+    def two_steps():
+        model.load_state_dict(start)
+        optimizer.state.clear()
+        out = []
+        for _ in range(2):  # the second step reads the first's optimizer state and BN statistics
+            loss, items = train.forward_loss(s, model, imgs, targets)
+            loss.backward()
+            out += [loss.detach(), items] + [p.grad.clone() for p in model.parameters()]
+            optimizer.step()
+            optimizer.zero_grad()
+        return out + [v.clone() for v in model.state_dict().values()]
+
+    deterministic_mode.fill_uninitialized_memory = True
+    assert torch.isnan(torch.empty(64)).all()  # the fill is on: every new tensor starts as NaN
+    filled = two_steps()
+    torch_utils.init_seeds(0, deterministic=True)  # train.py's call turns the fill off ...
+    assert deterministic_mode.fill_uninitialized_memory is False
+    assert torch.are_deterministic_algorithms_enabled()  # ... and keeps the deterministic kernels
+    unfilled = two_steps()
+    assert len(filled) == len(unfilled) and all(torch.equal(a, b) for a, b in zip(filled, unfilled))
+
+
 def test_bf16_is_off_without_bf16_instructions(monkeypatch):
     monkeypatch.setattr(torch_utils, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
     with captured_log() as log:
