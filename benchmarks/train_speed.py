@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --cfg yolov5n_shuffle.yaml --img 320 --epochs 2 --workers 2
     python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 6 --workers 2 --optimizer AdamW --malloc both
     python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --bf16 off   # fp32
+    python benchmarks/train_speed.py --cfg yolov5n.yaml --epochs 4 --workers 2 --optimizer AdamW --nan-fill both
 
 Each model trains in its own child process (so peak memory is its own): train.py's real loop, validation every
 epoch, no plots. Reported per model: the first epoch (includes start-up effects), the median of the later ones
@@ -18,6 +19,11 @@ and val.py, instead of page-faulting on fresh memory every step). `--malloc glib
 defaults); `--malloc both` runs each model with glibc's defaults, then as train.py does. "faults" is the main
 process's page faults per epoch (thousands; median of the later epochs); with train.py's call they settle within two
 epochs, so compare with --epochs 6 or more.
+
+train.py asks torch for deterministic kernels (as YOLOv5 does) but turns off the NaN fill of every new tensor that
+deterministic mode adds since torch 2.1 (utils.torch_utils.skip_uninitialized_fill). `--nan-fill on` trains with
+that fill (what YOLOv5 v7.0's training gets from torch >= 2.1); `--nan-fill both` runs each model with it, then as
+train.py does.
 """
 
 from __future__ import annotations
@@ -137,6 +143,9 @@ def child(opt) -> None:
     train.end_epoch = timed(train.end_epoch, "end")
     if opt.malloc == "glibc":
         train.keep_freed_memory = lambda: False  # train.py's own call does nothing: glibc's default thresholds
+    if opt.nan_fill == "on":
+        import utils.torch_utils
+        utils.torch_utils.skip_uninitialized_fill = lambda: False  # init_seeds leaves torch's fill on
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
@@ -158,39 +167,46 @@ def median(x: list) -> float:
     return x[len(x) // 2] if len(x) % 2 else (x[len(x) // 2 - 1] + x[len(x) // 2]) / 2
 
 
-def child_args(opt, cfg: str, malloc: str) -> list:
+def child_args(opt, cfg: str, malloc: str, nan_fill: str = "off") -> list:
     """The command-line arguments of the child process that trains `cfg` with the parent's settings."""
     return ["--child", "--cfg", cfg, "--data", opt.data, "--imgsz", str(opt.imgsz), "--epochs", str(opt.epochs),
             "--batch-size", str(opt.batch_size), "--workers", str(opt.workers), "--optimizer", opt.optimizer,
-            "--malloc", malloc, "--bf16", opt.bf16]
+            "--malloc", malloc, "--bf16", opt.bf16, "--nan-fill", nan_fill]
+
+
+def variants(opt) -> list:
+    """(cfg, malloc, nan_fill) per child run: each `both` runs the plain-torch setting first, then train.py's."""
+    mallocs = ["glibc", "default"] if opt.malloc == "both" else [opt.malloc]
+    fills = ["on", "off"] if opt.nan_fill == "both" else [opt.nan_fill]
+    return [(c, m, f) for c in opt.cfg for m in mallocs for f in fills]
 
 
 def parent(opt) -> None:
     """Run one child per model and print a table."""
     rows = []
-    modes = ["glibc", "default"] if opt.malloc == "both" else [opt.malloc]
-    for cfg, mode in ((c, m) for c in opt.cfg for m in modes):
+    for cfg, mode, fill in variants(opt):
         load0 = os.getloadavg()[0]
-        p = subprocess.run([sys.executable, __file__] + child_args(opt, cfg, mode), capture_output=True, text=True,
-                           cwd=ROOT)
+        p = subprocess.run([sys.executable, __file__] + child_args(opt, cfg, mode, fill), capture_output=True,
+                           text=True, cwd=ROOT)
         line = next((x for x in p.stdout.splitlines() if x.startswith(MARK)), None)
         if p.returncode or line is None:
             sys.exit(f"{cfg}: benchmark run failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
         r = json.loads(line[len(MARK):])
         r["load"] = (load0, os.getloadavg()[0])
-        r["label"] = Path(cfg).stem + (" (glibc malloc)" if mode == "glibc" else "")
+        r["label"] = (Path(cfg).stem + (" (glibc malloc)" if mode == "glibc" else "")
+                      + (" (NaN fill)" if fill == "on" else ""))
         rows.append(r)
     print(f"\ntrain.py --img {opt.imgsz} --batch-size {opt.batch_size} --epochs {opt.epochs} --workers {opt.workers} "
           f"--optimizer {opt.optimizer} --bf16 {opt.bf16} --data {opt.data} on {os.cpu_count()} CPUs "
           f"(torch threads {rows[0]['threads']})")
     print("seconds per epoch: median of the epochs after the first; fwd+bwd = train loop - loader wait - optimizer")
-    print(("%-32s" + "%11s" * 11) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
+    print(("%-44s" + "%11s" * 11) % ("model", "epoch1 s", "train s", "loader", "fwd+bwd", "optimizer", "val+save",
                                       "total s", "faults k", "RSS MB", "tree PSS", "load avg"))
     for r in rows:
         later = slice(1, None) if len(r["train_s"]) > 1 else slice(None)
         tr, va = median(r["train_s"][later]), median(r["val_save_s"][later])
         ld, op = median(r["loader_s"][later]), median(r["optim_s"][later])
-        print(("%-32s" + "%11.1f" * 10 + "%11s") % (
+        print(("%-44s" + "%11.1f" * 10 + "%11s") % (
             r["label"], r["train_s"][0] + r["val_save_s"][0], tr, ld, tr - ld - op, op, va, tr + va,
             median(r["faults"][later]) / 1000, r["rss_main_mb"], r["pss_tree_mb"], "%.1f-%.1f" % r["load"]))
 
@@ -208,6 +224,9 @@ def parse_opt(argv=None):
                    help="default: as train.py (freed memory kept for reuse); glibc: glibc's defaults; both: glibc, then default")
     p.add_argument("--bf16", choices=("auto", "off"), default="auto",
                    help="train.py --bf16: auto (bf16 autocast where the CPU runs it natively) or off (fp32)")
+    p.add_argument("--nan-fill", choices=("off", "on", "both"), default="off",
+                   help="off: as train.py (deterministic kernels without torch's NaN fill of new tensors); on: with it "
+                        "(YOLOv5 v7.0 under torch >= 2.1); both: on, then off")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -225,6 +225,12 @@ def test_train_speed_benchmark_passes_its_settings_to_the_training_child(monkeyp
     assert child.child and child.cfg == ["yolov5n.yaml"] and child.malloc == "glibc"
     assert (child.bf16, child.epochs, child.workers, child.optimizer) == ("off", 2, 1, "AdamW")
     assert train_speed.parse_opt([]).bf16 == "auto"  # as train.py
+    assert child.nan_fill == "off" and train_speed.parse_opt([]).nan_fill == "off"  # as train.py
+    child = train_speed.parse_opt(train_speed.child_args(opt, "yolov5n.yaml", "default", "on"))
+    assert (child.malloc, child.nan_fill) == ("default", "on")
+    both = train_speed.parse_opt(["--cfg", "a.yaml", "b.yaml", "--malloc", "both", "--nan-fill", "both"])
+    assert train_speed.variants(both) == [(c, m, f) for c in ("a.yaml", "b.yaml") for m in ("glibc", "default")
+                                          for f in ("on", "off")]  # torch's or glibc's setting first, train.py's last
 
 
 BIG_BLOCKS = """
